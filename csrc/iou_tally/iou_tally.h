@@ -1,0 +1,90 @@
+#pragma once
+#include <ATen/ATen.h>
+#include <cstdint>
+
+#include "macros.h"
+
+namespace kdfast {
+
+// Half-pixel bilinear upsampling (align_corners=False, source index clamped at 0, edge-replicated):
+// the source rows/columns and weight for output index `dst` of an `in_size` -> `out_size` resize.
+// Everything is double so that the CPU and CUDA kernels (and the float64 reference) agree exactly.
+struct LerpIndex {
+  int i0, i1;
+  double t;
+};
+
+KDFAST_HD LerpIndex source_index(int dst, int in_size, int out_size) {
+  const double scale = (double)in_size / (double)out_size;
+  double src = scale * ((double)dst + 0.5) - 0.5;
+  if (src < 0.0) src = 0.0;
+  int i0 = (int)src;
+  if (i0 > in_size - 1) i0 = in_size - 1;
+  const int i1 = i0 < in_size - 1 ? i0 + 1 : i0;
+  return {i0, i1, src - (double)i0};
+}
+
+// a + t·(b − a): exact when a == b (so a constant map upsamples to exactly its value) and never
+// outside [min(a, b), max(a, b)], so a map whose maximum is <= T never yields a pixel > T.
+KDFAST_HD double lerp(double a, double b, double t) { return a + t * (b - a); }
+
+// The upsampled value at output pixel (y, x) of an h x w map stored row-major at `map`.
+KDFAST_HD double bilinear_at(const float* map, int w, const LerpIndex& ry, const LerpIndex& rx) {
+  const double top = lerp((double)map[ry.i0 * w + rx.i0], (double)map[ry.i0 * w + rx.i1], rx.t);
+  const double bottom = lerp((double)map[ry.i1 * w + rx.i0], (double)map[ry.i1 * w + rx.i1], rx.t);
+  return lerp(top, bottom, ry.t);
+}
+
+// Checks shapes and dtypes shared by every backend and returns the per-label pixel counts, which are
+// plain bincounts: each plane pixel counts for its label, each image-level label for seg_h·seg_w pixels.
+inline at::Tensor check_tally_inputs_and_count_labels(const at::Tensor& acts, const at::Tensor& thresholds,
+                                                      const at::Tensor& seg, const at::Tensor& image_labels,
+                                                      const at::Tensor& label_category, int64_t num_categories) {
+  TORCH_CHECK(acts.dim() == 4, "kdfast.iou_tally: acts must be (B, U, h, w), got ", acts.sizes());
+  TORCH_CHECK(acts.scalar_type() == at::kFloat, "kdfast.iou_tally: acts must be float32, got ", acts.scalar_type());
+  TORCH_CHECK(thresholds.dim() == 1 && thresholds.size(0) == acts.size(1),
+              "kdfast.iou_tally: thresholds must be (U,) = (", acts.size(1), ",), got ", thresholds.sizes());
+  TORCH_CHECK(thresholds.scalar_type() == at::kFloat, "kdfast.iou_tally: thresholds must be float32");
+  TORCH_CHECK(seg.dim() == 4 && seg.size(0) == acts.size(0),
+              "kdfast.iou_tally: seg must be (B, P, S_h, S_w) with B = ", acts.size(0), ", got ", seg.sizes());
+  TORCH_CHECK(seg.scalar_type() == at::kInt, "kdfast.iou_tally: seg must be int32, got ", seg.scalar_type());
+  TORCH_CHECK(image_labels.dim() == 2 && image_labels.size(0) == acts.size(0),
+              "kdfast.iou_tally: image_labels must be (B, Q), got ", image_labels.sizes());
+  TORCH_CHECK(image_labels.scalar_type() == at::kInt, "kdfast.iou_tally: image_labels must be int32");
+  TORCH_CHECK(label_category.dim() == 1 && label_category.size(0) >= 1 && label_category.scalar_type() == at::kLong,
+              "kdfast.iou_tally: label_category must be a non-empty int64 vector (one entry per label number)");
+  TORCH_CHECK(num_categories >= 1 && num_categories <= 64, "kdfast.iou_tally: num_categories must be in [1, 64]");
+  for (const auto* t : {&thresholds, &seg, &image_labels, &label_category}) {
+    TORCH_CHECK(t->device() == acts.device(), "kdfast.iou_tally: all tensors must be on ", acts.device());
+  }
+  const int64_t num_labels = label_category.size(0);
+  TORCH_CHECK(label_category.min().item<int64_t>() >= -1 && label_category.max().item<int64_t>() < num_categories,
+              "kdfast.iou_tally: label_category entries must be -1 (no category) or in [0, ", num_categories, ")");
+  for (const auto* t : {&seg, &image_labels}) {
+    if (t->numel() == 0) continue;
+    const auto lo = t->min().item<int64_t>(), hi = t->max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < num_labels, "kdfast.iou_tally: ", t == &seg ? "seg" : "image_labels",
+                " holds label numbers in [", lo, ", ", hi, "] but label_category covers only [0, ", num_labels, ")");
+  }
+  const int64_t pixels = seg.size(2) * seg.size(3);
+  auto counts = at::zeros({num_labels}, label_category.options());
+  if (seg.numel() > 0) counts += at::bincount(seg.flatten(), {}, num_labels);
+  if (image_labels.numel() > 0) counts += at::bincount(image_labels.flatten(), {}, num_labels) * pixels;
+  counts.index_put_({0}, 0);  // label 0 means "unlabeled"
+  return counts;
+}
+
+// (B, C) uint8: does category c occur anywhere in image b (any plane pixel or image-level label)?
+// Needed only for the original NetDissect denominator.
+inline at::Tensor categories_present(const at::Tensor& seg, const at::Tensor& image_labels,
+                                     const at::Tensor& label_category, int64_t num_categories) {
+  const int64_t B = seg.size(0);
+  auto labels = at::cat({seg.reshape({B, -1}), image_labels}, 1).to(at::kLong);
+  auto cats = label_category.index_select(0, labels.flatten()).reshape({B, -1}) + 1;  // -1 (none) -> 0
+  cats.masked_fill_(labels == 0, 0);                                                     // unlabeled -> 0
+  auto present = at::zeros({B, num_categories + 1}, label_category.options());
+  if (cats.size(1) > 0) present.scatter_(1, cats, 1);
+  return present.narrow(1, 1, num_categories).to(at::kByte).contiguous();
+}
+
+}  // namespace kdfast
