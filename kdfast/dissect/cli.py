@@ -1,0 +1,137 @@
+"""Command line of the network dissection (scripts/dissect.py is its entry point)."""
+import argparse
+import os
+import sys
+
+from kdfast.dissect.config import DissectConfig, parse_values
+from kdfast.dissect.models import PREPROCESS
+from kdfast.dissect.pipeline import dissect, pack_broden
+
+USAGE = r"""Network dissection of a model's layers over Broden.
+
+With no arguments: a random-init torchvision resnet18 at layer4 over the small synthetic Broden, into
+./dissect_out. Under torchrun the images are sharded across ranks and rank 0 writes the results.
+
+examples:
+  python scripts/dissect.py --model resnet18 --weights ckpt.pth --layers layer3 layer4 \
+      --broden broden1_224 --out runs/r18 --preprocess lite
+  python scripts/dissect.py --model my_models.py:build --layers features.8 \
+      --quantiles 0.001:0.010:0.001 --iou-thresholds 0.01:0.05:0.01
+  torchrun --nproc_per_node 4 scripts/dissect.py --device cuda --broden broden1_224 --out runs/r18
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps USAGE's line breaks and shows each option's default."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # BrodenFormatError and RunMismatch are ValueErrors
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="dissect.py", description=USAGE,
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--model", default="resnet18",
+                   help="torchvision model name, timm model name (if timm is installed) or path/to/file.py:callable")
+    p.add_argument("--weights", help="state dict, or a checkpoint holding one under 'model'/'state_dict'")
+    p.add_argument("--trust-weights", action="store_true",
+                   help="unpickle arbitrary objects in --weights (torch.load weights_only=False); trusted files only")
+    p.add_argument("--layers", nargs="+", default=["layer4"], help="module names to dissect (one forward pass)")
+    p.add_argument("--broden", help="Broden directory (broden1_224 layout); default: a small synthetic Broden")
+    p.add_argument("--broden-cache", help="folder for the packed Broden (default: <broden>/.kdfast_cache)")
+    p.add_argument("--out", default="dissect_out", help="output folder")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations for T_u")
+    q.add_argument("--quantiles", help="sweep: 'start:stop:step' (stop included) or a comma list")
+    p.add_argument("--iou-threshold", type=float, default=0.05, help="IoU for a detector (summary and report)")
+    p.add_argument("--iou-thresholds", help="IoU thresholds for sweep.csv: 'start:stop:step' or a comma list")
+    p.add_argument("--categories", nargs="+", help="Broden categories to use (default: all)")
+    p.add_argument("--preprocess", choices=sorted(PREPROCESS), default="imagenet",
+                   help="input normalisation preset; 'lite' reproduces NetDissect-Lite's")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="override the preset's mean (0..1)")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="override the preset's std (0..1)")
+    p.add_argument("--denominator", choices=["lite", "netdissect"], default="lite",
+                   help="IoU denominator: NetDissect-Lite's category-gated one, or original NetDissect's")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in this process)")
+    p.add_argument("--activation-cache-gb", type=float, default=2.0,
+                   help="keep pass 1's activations in memory for pass 2 when they fit in this many GiB (0: never)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N batches (default: by time)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="checkpoint interval in seconds when --checkpoint-every is not given")
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint in --out and start over")
+    p.add_argument("--top-images", type=int, default=5, help="top images shown per detector in report.html")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--pack-only", action="store_true",
+                   help="only build the packed Broden cache (e.g. once before a torchrun job), then exit")
+    return p.parse_args(argv)
+
+
+def config_from_args(args):
+    mean, std = PREPROCESS[args.preprocess]
+    return DissectConfig(
+        model=args.model,
+        layers=tuple(args.layers),
+        weights=args.weights,
+        trust_weights=args.trust_weights,
+        broden=args.broden,
+        broden_cache=args.broden_cache,
+        out=args.out,
+        quantiles=parse_values(args.quantiles, "--quantiles") if args.quantiles else (args.quantile,),
+        iou_threshold=args.iou_threshold,
+        iou_thresholds=parse_values(args.iou_thresholds, "--iou-thresholds") if args.iou_thresholds else None,
+        categories=args.categories,
+        mean=tuple(args.mean) if args.mean else mean,
+        std=tuple(args.std) if args.std else std,
+        denominator=args.denominator,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        activation_cache_gb=args.activation_cache_gb,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_seconds=args.checkpoint_seconds,
+        top_images=args.top_images,
+        restart=args.restart,
+        progress=not args.quiet,
+    )
+
+
+def summary_table(result):
+    """Text table: detectors per layer (and quantile) at the run's IoU threshold."""
+    config = result.config
+    categories = list(result.concepts.categories)
+    header = ["layer", "quantile", "units", "detectors", "unique", *categories]
+    rows = []
+    for layer, tallies in result.tallies.items():
+        for tally in tallies:
+            found = tally.detectors(config.iou_threshold)
+            rows.append([layer, repr(tally.quantile), tally.units, found.total, found.unique,
+                         *(found.per_category[c] for c in categories)])
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(v).rjust(w) for v, w in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Runs the command line `argv` (default sys.argv[1:]); returns the Dissection (None with --pack-only)."""
+    args = parse_args(argv)
+    config = config_from_args(args)
+    if args.pack_only:
+        packed = pack_broden(config)
+        print(f"packed {len(packed)} Broden images into {packed.cache_dir}")
+        return None
+    result = dissect(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\ndissected {result.images} images in {result.seconds:.1f} s; IoU >= {result.config.iou_threshold}; "
+              f"outputs in {result.config.out}/")
+        print(summary_table(result))
+    return result
+
+
+def run():
+    """Console entry: user errors print one line instead of a traceback."""
+    try:
+        main()
+    except USER_ERRORS as exc:
+        sys.exit(f"dissect.py: error: {exc}")

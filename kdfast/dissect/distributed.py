@@ -1,0 +1,91 @@
+"""Scale-out under torchrun: images are sharded rank::world_size and every reduction is exact, so the
+results equal a single-process run's bit for bit.
+
+* thresholds: each rank's StreamingTopK values (its k largest per unit) are all-gathered and merged;
+  the k-th largest of the union of the parts' top-k is the k-th largest of all values;
+* tally counts: int64 all_reduce(SUM);
+* per-image maxima: each image lives on one rank, so the others contribute −inf and all_reduce(MAX)
+  assembles the full table.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+from kdfast.ops.topk_threshold import StreamingTopK
+
+
+class Distributed:
+    """This process's rank in a torchrun job; a single process is rank 0 of 1 and every method is local.
+    join=False acts alone even under torchrun."""
+
+    def __init__(self, device, join=True):
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if join else 1
+        self._owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self._owns_group = True
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.device = device  # where collectives' tensors live (NCCL needs CUDA tensors)
+
+    @staticmethod
+    def local_device(device):
+        """cuda → this rank's GPU (LOCAL_RANK under torchrun); cpu stays cpu."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return device
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def shard(self, count):
+        """This rank's image indices."""
+        return range(self.rank, count, self.world)
+
+    def merge_topk(self, stream):
+        """A stream holding every rank's values (the local stream itself when single-process)."""
+        if self.world == 1:
+            return stream
+        values = stream.values().to(self.device)
+        widths = self._all_gather(torch.tensor([values.shape[1], stream.seen], dtype=torch.int64, device=self.device))
+        widest = int(max(w[0] for w in widths))
+        padded = torch.full((stream.units, widest), float("-inf"), device=self.device)
+        padded[:, : values.shape[1]] = values
+        merged = StreamingTopK(stream.units, stream.k, device=values.device)
+        for part, (width, seen) in zip(self._all_gather(padded), widths):
+            merged.merge(part[:, : int(width)], int(seen))
+        return merged
+
+    def sum_(self, tensor):
+        """In-place sum over ranks."""
+        if self.world > 1:
+            moved = tensor.to(self.device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor.copy_(moved)
+        return tensor
+
+    def assemble_rows(self, local, count):
+        """(count, U) table from each rank's rows for its shard (rank::world order)."""
+        full = torch.full((count, local.shape[1]), float("-inf"), dtype=local.dtype, device=self.device)
+        full[torch.arange(self.rank, count, self.world, device=self.device)] = local.to(self.device)
+        if self.world > 1:
+            dist.all_reduce(full, op=dist.ReduceOp.MAX)
+        return full.cpu()
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self._owns_group:
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    def _all_gather(self, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor)
+        return parts

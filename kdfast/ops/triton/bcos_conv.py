@@ -1,0 +1,97 @@
+"""Triton path of torch.ops.kdfast.bcos_conv2d (registered for CUDA in kdfast/ops/bcos_conv.py).
+
+ŵᵀx is the backend's convolution (cuDNN); then ONE kernel does the rest. A program owns BLOCK_P output
+positions of one (sample, group): it sums x² over the group's channels and the kernel window (the patch norm,
+kept in registers and written once), then walks the group's output channels BLOCK_O at a time, reading the
+max_out linear units, taking their max and applying the B-cos scaling. Arithmetic in float32 (float64 for
+float64 inputs). Runs on CPU tensors under TRITON_INTERPRET=1, which is how the tests check it without a GPU.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kdfast.ops.bcos_conv import COS_EPS, NORM_EPS
+
+_BLOCK_C = 16
+_BLOCK_O = 32
+
+
+@triton.jit
+def _bcos_epilogue_kernel(x_ptr, lin_ptr, out_ptr, norm_ptr, H, W, Ho, Wo, G, Cg, Og,
+                          stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, b_minus_1, norm_eps, cos_eps,
+                          KH: tl.constexpr, KW: tl.constexpr, MAX_OUT: tl.constexpr, B_IS_TWO: tl.constexpr,
+                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, ACC: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)  # sample * G + group
+    n = ng // G
+    g = ng % G
+    P = Ho * Wo
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < P
+    ho = p // Wo
+    wo = p % Wo
+
+    # Patch norm: Σ over the group's channels and the (dilated) window, zero padding outside the image.
+    x_group = x_ptr + ng * Cg * H * W
+    offs_c = tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_P], ACC)
+    for kh in tl.static_range(KH):
+        ih = ho * stride_h - pad_h + kh * dil_h
+        for kw in tl.static_range(KW):
+            iw = wo * stride_w - pad_w + kw * dil_w
+            inside = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            pixel = ih * W + iw
+            for c0 in range(0, Cg, BLOCK_C):
+                c = c0 + offs_c
+                ptrs = x_group + c[:, None].to(tl.int64) * H * W + pixel[None, :]
+                v = tl.load(ptrs, mask=(c < Cg)[:, None] & inside[None, :], other=0.0).to(ACC)
+                acc += tl.sum(v * v, axis=0)
+    if ACC == tl.float32:
+        norm = tl.sqrt_rn(acc + norm_eps)
+    else:
+        norm = tl.sqrt(acc + norm_eps)
+    tl.store(norm_ptr + ng * P + p, norm.to(norm_ptr.dtype.element_ty), mask=p_ok)
+
+    # Max-out and scaling for every output channel of the group.
+    offs_o = tl.arange(0, BLOCK_O)
+    for o0 in range(0, Og, BLOCK_O):
+        o_ok = o0 + offs_o < Og
+        channel = n * G * Og + g * Og + o0 + offs_o  # flat (sample, output channel) index
+        mask = o_ok[:, None] & p_ok[None, :]
+        lin_rows = lin_ptr + (channel * MAX_OUT)[:, None] * P + p[None, :]
+        best = tl.load(lin_rows, mask=mask, other=0.0).to(ACC)
+        for m in tl.static_range(1, MAX_OUT):
+            unit = tl.load(lin_rows + m * P, mask=mask, other=0.0).to(ACC)
+            best = tl.maximum(best, unit, propagate_nan=tl.PropagateNan.ALL)
+        if B_IS_TWO:
+            result = tl.abs(best) / norm[None, :] * best
+        else:
+            a = tl.abs(best / norm[None, :]) + cos_eps
+            result = tl.exp2(tl.log2(a) * b_minus_1) * best
+        tl.store(out_ptr + channel[:, None] * P + p[None, :], result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def bcos_conv2d_triton(input, weight, stride, padding, dilation, groups, max_out, b):
+    """(result, linear, norm) like torch.ops.kdfast.bcos_conv2d: conv by the backend, the rest in Triton."""
+    if input.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"kdfast.bcos_conv2d (Triton): unsupported dtype {input.dtype}")
+    x = input.contiguous()
+    linear = F.conv2d(x, weight, None, stride, padding, dilation, groups).contiguous()
+    n, c, h, w = x.shape
+    ho, wo = linear.shape[2:]
+    out_channels = weight.shape[0] // max_out
+    out = linear.new_empty(n, out_channels, ho, wo)
+    norm = linear.new_empty(n, groups, ho, wo)
+    positions = ho * wo
+    if out.numel() == 0:
+        return out, linear, norm
+    block_p = 64 if positions >= 1024 else 32
+    grid = (n * groups, triton.cdiv(positions, block_p))
+    _bcos_epilogue_kernel[grid](
+        x, linear, out, norm, h, w, ho, wo, groups, c // groups, out_channels // groups,
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], float(b) - 1.0, NORM_EPS, COS_EPS,
+        KH=weight.shape[2], KW=weight.shape[3], MAX_OUT=max_out, B_IS_TWO=float(b) == 2.0,
+        BLOCK_P=block_p, BLOCK_C=_BLOCK_C, BLOCK_O=_BLOCK_O,
+        ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+    )
+    return out, linear, norm
