@@ -163,24 +163,43 @@ def test_half_and_bfloat16_inputs_follow_float32(gen):
         assert_rel_close(got.float(), want, tol, dtype)
 
 
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[3], GEOMETRIES[5]])
+# Small enough for numerical Jacobians: (N, C, H, W, O, kernel, stride, padding, dilation, groups, max_out, b).
+GRAD_GEOMETRIES = [
+    (1, 2, 4, 4, 2, 3, 1, 1, 1, 1, 1, 2.0),
+    (1, 4, 5, 4, 2, (3, 2), (2, 1), (1, 2), (2, 1), 2, 2, 2.5),
+    (2, 2, 3, 3, 1, 2, 2, 1, 1, 1, 1, 3.0),
+]
+
+
+@pytest.mark.parametrize("geometry", GRAD_GEOMETRIES)
+def test_fused_op_gradcheck(gen, geometry):
+    x, weight, kw = _inputs(geometry, gen)
+    inputs = (x.requires_grad_(True), weight.requires_grad_(True))
+    op = lambda x, weight: _op(x, weight, **kw)  # noqa: E731
+    assert torch.autograd.gradcheck(op, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(op, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("geometry", GRAD_GEOMETRIES)
 @pytest.mark.parametrize("explain", [False, True])
-def test_fused_op_gradients(gen, geometry, explain):
+def test_fused_op_gradients_equal_reference_autograd(gen, geometry, explain):
+    """First and second order, explanation mode included (where gradcheck does not apply: the scale is
+    deliberately a constant for autograd there, as in the bcos package)."""
     x, weight, kw = _inputs(geometry, gen)
     x.requires_grad_(True)
     weight.requires_grad_(True)
-
-    def op(x, weight):
-        return _op(x, weight, **kw, explain=explain)
-
-    assert torch.autograd.gradcheck(op, (x, weight))
-    assert torch.autograd.gradgradcheck(op, (x, weight))
-    # Same gradients as autograd through the reference, explanation mode included (where they differ).
-    cotangent = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in op(x, weight)]
-    got = torch.autograd.grad(op(x, weight), (x, weight), cotangent)
-    want = torch.autograd.grad(ops.bcos_conv2d_reference(x, weight, **kw, explain=explain), (x, weight), cotangent)
-    for g, w in zip(got, want):
-        assert_rel_close(g, w, 1e-11)
+    results = []
+    for fn in (_op, ops.bcos_conv2d_reference):
+        outputs = fn(x, weight, **kw, explain=explain)
+        gen_state = gen.get_state()
+        cot = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in outputs]
+        grads = torch.autograd.grad(outputs, (x, weight), cot, create_graph=True)
+        probe = [torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in grads]
+        gen.set_state(gen_state)
+        second = torch.autograd.grad(sum((g * p).sum() for g, p in zip(grads, probe)), (x, weight))
+        results.append(grads + second)
+    for got, want in zip(*results):
+        assert_rel_close(got, want, 1e-11)
 
 
 def test_explain_mode_treats_the_scale_as_constant(gen):
@@ -196,11 +215,9 @@ def test_explain_mode_treats_the_scale_as_constant(gen):
 
 
 def test_opcheck(gen):
-    x, weight, kw = _inputs(GEOMETRIES[3], gen, torch.float32)
+    x, weight, _ = _inputs(GRAD_GEOMETRIES[1], gen, torch.float32)
     args = (x.requires_grad_(), weight.requires_grad_(), [2, 1], [1, 2], [2, 1], 2, 2, 2.5, False)
     torch.library.opcheck(torch.ops.kdfast.bcos_conv2d.default, args)
-    x, weight, kw = _inputs(GEOMETRIES[0], gen, torch.float32)
-    torch.library.opcheck(torch.ops.kdfast.bcos_conv2d.default, (x, weight, [1, 1], [1, 1], [1, 1], 1, 1, 2.0, True))
 
 
 @pytest.mark.parametrize(
@@ -284,7 +301,7 @@ def _copy_weights(ours, theirs):
         dict(in_channels=6, out_channels=5, kernel_size=3, padding=1),
         dict(in_channels=6, out_channels=4, kernel_size=7, stride=2, padding=3),
         dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2, b=2.5, max_out=2),
-        dict(in_channels=4, out_channels=3, kernel_size=3, padding=2, dilation=2, b=3, max_out=2),
+        dict(in_channels=4, out_channels=3, kernel_size=3, padding=2, dilation=2, b=3),  # (package: max_out=1 only)
     ],
 )
 def test_bcos_conv2d_matches_package(gen, fused, conf):
@@ -507,13 +524,17 @@ def test_explanation_mode_restores_previous_state(gen):
     assert not model.conv1.is_in_explanation_mode
 
 
-def test_fused_model_under_cpu_autocast(gen):
-    model = _tiny_resnet(gen).float()
-    x = kb.encode_input(torch.rand(2, 3, 8, 8, generator=gen))
-    want = model(x)
+def test_fused_layer_under_cpu_autocast(gen):
+    """Under autocast the op runs in the autocast dtype, like a convolution would."""
+    layer = kb.BcosConv2d(6, 8, 3, padding=1)
+    x = torch.randn(2, 6, 8, 8, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = model(x)
-    assert_rel_close(got.float() - model.logit_layer.logit_bias, want - model.logit_layer.logit_bias, 0.1)
+        got = layer(x)
+    assert got.dtype == torch.bfloat16
+    w = layer.linear.weight.detach()
+    w = w / torch.linalg.vector_norm(w, dim=(1, 2, 3), keepdim=True)
+    want = ops.bcos_conv2d_reference(x.bfloat16().double(), w.bfloat16().double(), 1, 1)[0]
+    assert_rel_close(got.double(), want, 2e-2)
 
 
 def test_model_arguments_are_checked():

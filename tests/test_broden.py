@@ -600,9 +600,12 @@ def test_image_level_label_not_in_label_csv(broken):
         BrodenFormatError, match=rf"index\.csv line {i + 2}, column 'scene': label 99 is not in label\.csv"
     ):
         BrodenDataset(broken)
-    edit_line(broken / "index.csv", i + 2, lambda s: re.sub(r",99,$", ",0,", s))
-    with pytest.raises(BrodenFormatError, match=rf"line {i + 2}, column 'scene': label 0 is not in label\.csv"):
-        BrodenDataset(broken)
+
+
+def test_image_level_label_zero_means_unlabeled(broken):
+    i = first_row(broken, lambda r: r["scene"] and not r["texture"])
+    edit_line(broken / "index.csv", i + 2, lambda s: re.sub(r",\d+,$", ",0,", s))
+    assert BrodenDataset(broken).load(i)["image_labels"] == []
 
 
 def test_column_mixing_labels_and_pngs(broken):

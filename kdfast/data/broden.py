@@ -13,11 +13,11 @@ import collections
 import csv
 import hashlib
 import json
-import multiprocessing
 import operator
 import os
 import re
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -288,12 +288,13 @@ class BrodenDataset:
             for c in self.image_level_categories:
                 for entry in _split_cell(fields[column[c]]):
                     number = int(entry)
-                    if not 0 < number < num_labels:
+                    if not 0 <= number < num_labels:
                         raise BrodenFormatError(
                             f"{_where(path, line, c)}: label {number} is not in label.csv "
                             f"(labels are 1..{num_labels - 1}; 0 means unlabeled)"
                         )
-                    labels.append(number)
+                    if number:  # 0 is "unlabeled" in image-level cells as in PNGs (NetDissect-Lite counted it)
+                        labels.append(number)
             self._image_labels.append(tuple(labels))
 
     @staticmethod
@@ -409,14 +410,20 @@ class BrodenDataset:
                 yield (int(i),) + self._decode(int(i))
             return
         chunks = np.array_split(indices, max(1, -(-len(indices) // POOL_CHUNK)))
-        with multiprocessing.get_context().Pool(workers, initializer=_set_pool_dataset, initargs=(self,)) as pool:
+        # An executor, not multiprocessing.Pool: Pool.terminate() can kill a worker while it holds the result
+        # queue's lock and then hang forever; the executor lets running chunks finish and cancels the rest.
+        with ProcessPoolExecutor(workers, initializer=_set_pool_dataset, initargs=(self,)) as pool:
             in_flight = collections.deque()
-            for chunk in chunks:
-                in_flight.append(pool.apply_async(_decode_in_pool, (chunk.tolist(),)))
-                if len(in_flight) >= 4 * workers:
-                    yield from in_flight.popleft().get()
-            while in_flight:
-                yield from in_flight.popleft().get()
+            try:
+                for chunk in chunks:
+                    in_flight.append(pool.submit(_decode_in_pool, chunk.tolist()))
+                    if len(in_flight) >= 4 * workers:
+                        yield from in_flight.popleft().result()
+                while in_flight:
+                    yield from in_flight.popleft().result()
+            finally:
+                for future in in_flight:
+                    future.cancel()
 
     def pack(self, cache_dir=None, workers=0, progress=True):
         """Decodes every image and PNG once into a PackedBroden under `cache_dir` (default <root>/.kdfast_cache).

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -391,9 +392,8 @@ class Trainer:
         self.train_set.set_epoch(0)
         self.method.prepare(self.student, self.teacher, self.train_loader, self.device)
 
-        parameters = [p for m in (self.student, self.method) for p in m.parameters() if p.requires_grad]
-        self.parameters = parameters
-        self.optimizer = build_optimizer(config.optim, parameters)
+        self.parameters = [p for m in (self.student, self.method) for p in m.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(config.optim, self.parameters)
         steps = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, LRSchedule(config.schedule, config.optim.lr, steps, config.epochs))
@@ -533,7 +533,10 @@ class Trainer:
         }
         _atomic_save(checkpoint, self.out / CHECKPOINT_LAST)
         if is_best:
-            _atomic_save(checkpoint, self.out / CHECKPOINT_BEST)
+            best = self.out / CHECKPOINT_BEST
+            tmp = best.with_name(best.name + ".tmp")
+            shutil.copyfile(self.out / CHECKPOINT_LAST, tmp)
+            os.replace(tmp, best)
 
     # --- loops
 

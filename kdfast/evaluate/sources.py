@@ -76,7 +76,7 @@ def data_of_run(config, image_size=None, test_limit=None, train_limit=None, seed
 
 
 def fallback_setup(out_dir, device="cpu", test_limit=None, train_limit=None, seed=0):
-    """Generated 64-px shapes (cached in out_dir) and teacher/scratch/KD models trained on them; returns
+    """Generated 48-px shapes (cached in out_dir) and teacher/scratch/KD models trained on them; returns
     (data, {name: model}, {name: path}, teacher)."""
     out_dir = Path(out_dir)
     root = out_dir / "synthetic_shapes"

@@ -1,7 +1,7 @@
-// Exact per-unit top-k on the CPU by radix select, units spread over OpenMP threads. Per unit: one pass
-// builds a histogram of the top 11 bits of the order-preserving keys (the same keys the CUDA kernel uses)
-// to find the bucket holding the k-th largest value; a second pass collects that bucket (usually a tiny
-// fraction of M) and the values above it; nth_element finishes inside the bucket.
+// Exact per-unit top-k on the CPU by radix select, units spread over OpenMP threads. One pass builds a
+// histogram of the top 11 bits of the order-preserving keys (the same keys the CUDA kernel uses) to find
+// the bucket holding the k-th largest value; a second pass collects that bucket (usually a tiny fraction
+// of M) and the values above it; nth_element finishes inside the bucket.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,58 +18,75 @@ namespace {
 
 constexpr int kTopBits = 11;
 constexpr int kShift = 32 - kTopBits;
+constexpr int64_t kUnitChunk = 64;  // units selected together, so each pass streams through memory in order
 
-template <typename Visit>
-void for_each_value(const float* data, const UnitView& v, int64_t u, Visit&& visit) {
-  const int64_t outer = v.count / v.inner;
-  for (int64_t o = 0; o < outer; ++o) {
-    const float* src = data + u * v.s_unit + o * v.s_outer;
-    for (int64_t i = 0; i < v.inner; ++i) visit(src[i]);
-  }
-}
-
-// The unit's k largest values: `above` gets every value in buckets above the k-th largest's bucket, and
-// `bucket` that bucket's values with its `rank` largest (the rank-th being the k-th overall) moved first.
+// The k largest values of one unit: `above` holds every value in buckets above the bucket of the k-th
+// largest, `bucket` that bucket's values with its `rank` largest (the rank-th is the k-th overall) first.
 struct UnitSelection {
-  std::vector<float> above, bucket;
+  std::array<int64_t, 1 << kTopBits> hist;
+  uint32_t digit = 0;
   int64_t rank = 0;
+  std::vector<float> above, bucket;
 
-  void select(const float* data, const UnitView& v, int64_t u, int64_t k) {
-    std::array<int64_t, 1 << kTopBits> hist{};
-    for_each_value(data, v, u, [&](float x) { ++hist[float_order_key(x) >> kShift]; });
-    int64_t remaining = k;
-    uint32_t digit = (1u << kTopBits) - 1;
-    for (;; --digit) {
+  void reset() {
+    hist.fill(0);
+    above.clear();
+    bucket.clear();
+  }
+  void choose_bucket(int64_t k) {
+    int64_t remaining = k;  // k <= M, so the scan stops at a bucket
+    for (digit = (1u << kTopBits) - 1;; --digit) {
       if (remaining <= hist[digit]) break;
       remaining -= hist[digit];
     }
-    above.clear();
-    bucket.clear();
-    for_each_value(data, v, u, [&](float x) {
-      const uint32_t d = float_order_key(x) >> kShift;
-      if (d > digit) above.push_back(x);
-      else if (d == digit) bucket.push_back(x);
-    });
     rank = remaining;
-    std::nth_element(bucket.begin(), bucket.begin() + (rank - 1), bucket.end(), std::greater<float>());
   }
-
-  float kth() const { return bucket[rank - 1]; }
+  void collect(float x) {
+    const uint32_t d = float_order_key(x) >> kShift;
+    if (d > digit) above.push_back(x);
+    else if (d == digit) bucket.push_back(x);
+  }
+  float finish() {
+    std::nth_element(bucket.begin(), bucket.begin() + (rank - 1), bucket.end(), std::greater<float>());
+    return bucket[rank - 1];
+  }
 };
+
+// Visits the values of units [u0, u1) image by image (outer index), unit by unit within an image, which
+// is the order they lie in memory for (N, U, H, W) and (M, U) layouts.
+template <typename Visit>
+void for_each_value(const float* data, const UnitView& v, int64_t u0, int64_t u1, Visit&& visit) {
+  const int64_t outer = v.count / v.inner;
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const float* src = data + u * v.s_unit + o * v.s_outer;
+      for (int64_t i = 0; i < v.inner; ++i) visit(u - u0, src[i]);
+    }
+  }
+}
+
+// Runs the two-pass selection for every unit, chunk by chunk, and hands each finished unit to `emit`.
+template <typename Emit>
+void select_units(const float* data, const UnitView& v, int64_t k, Emit&& emit) {
+  at::parallel_for(0, v.units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<UnitSelection> sel(std::min<int64_t>(kUnitChunk, end - begin));
+    for (int64_t u0 = begin; u0 < end; u0 += kUnitChunk) {
+      const int64_t u1 = std::min(end, u0 + kUnitChunk);
+      for (int64_t j = 0; j < u1 - u0; ++j) sel[j].reset();
+      for_each_value(data, v, u0, u1, [&](int64_t j, float x) { ++sel[j].hist[float_order_key(x) >> kShift]; });
+      for (int64_t j = 0; j < u1 - u0; ++j) sel[j].choose_bucket(k);
+      for_each_value(data, v, u0, u1, [&](int64_t j, float x) { sel[j].collect(x); });
+      for (int64_t j = 0; j < u1 - u0; ++j) emit(u0 + j, sel[j]);
+    }
+  });
+}
 
 at::Tensor topk_threshold_cpu(const at::Tensor& acts, int64_t k) {
   at::Tensor storage;
   const UnitView v = make_unit_view(acts, k, storage);
   auto out = at::empty({v.units}, acts.options());
-  const float* data = storage.const_data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, v.units, 1, [&](int64_t begin, int64_t end) {
-    UnitSelection sel;
-    for (int64_t u = begin; u < end; ++u) {
-      sel.select(data, v, u, k);
-      dst[u] = sel.kth();
-    }
-  });
+  select_units(storage.const_data_ptr<float>(), v, k, [&](int64_t u, UnitSelection& s) { dst[u] = s.finish(); });
   return out;
 }
 
@@ -77,17 +94,13 @@ at::Tensor unit_topk_cpu(const at::Tensor& acts, int64_t k) {
   at::Tensor storage;
   const UnitView v = make_unit_view(acts, k, storage);
   auto out = at::empty({v.units, k}, acts.options());
-  const float* data = storage.const_data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, v.units, 1, [&](int64_t begin, int64_t end) {
-    UnitSelection sel;
-    for (int64_t u = begin; u < end; ++u) {
-      sel.select(data, v, u, k);
-      float* row = dst + u * k;
-      std::copy(sel.above.begin(), sel.above.end(), row);
-      std::copy(sel.bucket.begin(), sel.bucket.begin() + sel.rank, row + sel.above.size());
-      std::sort(row, row + k, std::greater<float>());
-    }
+  select_units(storage.const_data_ptr<float>(), v, k, [&](int64_t u, UnitSelection& s) {
+    s.finish();
+    float* row = dst + u * k;
+    std::copy(s.above.begin(), s.above.end(), row);
+    std::copy(s.bucket.begin(), s.bucket.begin() + s.rank, row + s.above.size());
+    std::sort(row, row + k, std::greater<float>());
   });
   return out;
 }
