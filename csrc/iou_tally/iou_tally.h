@@ -1,6 +1,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <cstdint>
+#include <tuple>
 
 #include "macros.h"
 
@@ -86,5 +87,33 @@ inline at::Tensor categories_present(const at::Tensor& seg, const at::Tensor& im
   if (cats.size(1) > 0) present.scatter_(1, cats, 1);
   return present.narrow(1, 1, num_categories).to(at::kByte).contiguous();
 }
+
+// One batch's inputs, checked and made contiguous, with its sizes and the zeroed outputs both kernels fill.
+struct TallyProblem {
+  at::Tensor acts, thresholds, seg, image_labels, label_category;
+  int64_t B, U, h, w, P, SH, SW, Q, L, C;
+  at::Tensor label_counts, inter, act;
+  at::Tensor present;  // (B, C) uint8, only for the original NetDissect denominator
+
+  TallyProblem(const at::Tensor& acts_in, const at::Tensor& thresholds_in, const at::Tensor& seg_in,
+               const at::Tensor& image_labels_in, const at::Tensor& label_category_in, int64_t num_categories,
+               bool category_gated)
+      : label_counts(check_tally_inputs_and_count_labels(acts_in, thresholds_in, seg_in, image_labels_in,
+                                                         label_category_in, num_categories)) {
+    acts = acts_in.contiguous();
+    thresholds = thresholds_in.contiguous();
+    seg = seg_in.contiguous();
+    image_labels = image_labels_in.contiguous();
+    label_category = label_category_in.contiguous();
+    B = acts.size(0), U = acts.size(1), h = acts.size(2), w = acts.size(3);
+    P = seg.size(1), SH = seg.size(2), SW = seg.size(3), Q = image_labels.size(1);
+    L = label_category.size(0), C = num_categories;
+    inter = at::zeros({U, L}, label_category.options());
+    act = at::zeros({U, C}, label_category.options());
+    if (!category_gated && !empty()) present = categories_present(seg, image_labels, label_category, C);
+  }
+  bool empty() const { return B == 0 || U == 0 || h == 0 || w == 0 || SH == 0 || SW == 0; }
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {label_counts, inter, act}; }
+};
 
 }  // namespace kdfast

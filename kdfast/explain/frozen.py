@@ -44,6 +44,10 @@ def _probe(dataset):
     return {"shape": list(image.shape), "sum": float(image.double().sum()), "abs_sum": float(image.double().abs().sum())}
 
 
+def _same_probe(a, b):
+    return a["shape"] == b["shape"] and all(math.isclose(a[k], b[k], rel_tol=1e-6, abs_tol=1e-6) for k in ("sum", "abs_sum"))
+
+
 class ExplanationStore:
     """Read access to a precomputed store: store[i] -> (logits (K,), explanation (*shape)) float32 tensors.
     The arrays are memory-mapped lazily in each process, so the store can be sent to DataLoader workers."""
@@ -111,9 +115,7 @@ def _create_or_resume(root, dataset, dtype):
     probe = _probe(dataset)
     if (root / _META).is_file():
         meta = json.loads((root / _META).read_text())
-        if meta["num_samples"] != len(dataset) or meta["probe"]["shape"] != probe["shape"] or not math.isclose(
-            meta["probe"]["sum"], probe["sum"], rel_tol=1e-6, abs_tol=1e-6
-        ):
+        if meta["num_samples"] != len(dataset) or not _same_probe(meta["probe"], probe):
             raise ValueError(
                 f"{root / _META} was made for {meta['num_samples']} samples with first image {meta['probe']}, but the "
                 f"dataset has {len(dataset)} samples with first image {probe}; use a new directory for a new dataset"
@@ -164,9 +166,8 @@ def precompute_explanations(teacher, dataset, root, explain, batch_size=64, num_
             start += images.shape[0]
             logits, maps = explain(teacher, images.to(device))
             logits, maps = logits.detach().float().cpu(), maps.detach().float().cpu()
-            if not (root / _META).is_file():
+            if "num_classes" not in meta:  # a new store: its shapes are known from the first batch
                 _allocate(root, meta, logits, maps)
-            meta = json.loads((root / _META).read_text())
             if logits.shape != (len(rows), meta["num_classes"]) or list(maps.shape[1:]) != meta["explanation_shape"]:
                 raise ValueError(
                     f"explain returned logits {tuple(logits.shape)} and explanations {tuple(maps.shape)} for "
@@ -233,7 +234,7 @@ class FrozenExplanationDataset(Dataset):
         if len(dataset) != self.store.num_samples:
             raise ValueError(f"dataset has {len(dataset)} samples but the store {self.store.root} has {self.store.num_samples}")
         probe = _probe(dataset)
-        if not math.isclose(probe["sum"], self.store.meta["probe"]["sum"], rel_tol=1e-6, abs_tol=1e-6):
+        if not _same_probe(probe, self.store.meta["probe"]):
             raise ValueError(
                 f"dataset[0] differs from the image the store {self.store.root} was computed on "
                 f"({probe} vs {self.store.meta['probe']}); use the deterministic transform of the precompute"

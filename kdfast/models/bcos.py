@@ -326,5 +326,7 @@ def _check_classes(classes, logits):
     if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.shape != (batch,):
         raise ValueError(f"classes must be a ({batch},) integer tensor, got {classes.dtype} {tuple(classes.shape)}")
     if batch and not bool(((classes >= 0) & (classes < num_classes)).all()):
-        raise ValueError(f"classes must lie in [0, {num_classes}), got min {int(classes.min())}, max {int(classes.max())}")
+        raise ValueError(
+            f"classes must lie in [0, {num_classes}), got min {int(classes.min())}, max {int(classes.max())}"
+        )
     return classes.to(device=logits.device, dtype=torch.int64)

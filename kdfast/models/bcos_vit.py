@@ -86,7 +86,9 @@ class FeedForward(nn.Module):
     def __init__(self, dim, hidden_dim, linear, norm):
         super().__init__()
         self.net = nn.Sequential(
-            OrderedDict(norm=norm(dim), linear1=linear(dim, hidden_dim), act=nn.Identity(), linear2=linear(hidden_dim, dim))
+            OrderedDict(
+                norm=norm(dim), linear1=linear(dim, hidden_dim), act=nn.Identity(), linear2=linear(hidden_dim, dim)
+            )
         )
 
     def forward(self, x):

@@ -1,6 +1,8 @@
 """WordPiece tokenizer built locally from the training sentences (no hub download), and batch encoding of
 pre-split SST sentences that keeps track of which word every word piece came from."""
 from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.normalizers import BertNormalizer
+from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import BertTokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -16,8 +18,21 @@ def train_wordpiece_tokenizer(sentences, vocab_size=8000, min_frequency=1, lower
         raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
     trainer = BertWordPieceTokenizer(lowercase=lowercase)
     trainer.train_from_iterator(sentences, vocab_size=vocab_size, min_frequency=min_frequency,
-                                special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+                                special_tokens=list(SPECIAL_TOKENS) + _single_character_pieces(sentences, lowercase),
+                                show_progress=False)
     return BertTokenizer(vocab=trainer.get_vocab(), do_lower_case=lowercase)
+
+
+def _single_character_pieces(sentences, lowercase):
+    """Every single-character piece ("c" word-initial, "##c" inside a word) of the corpus, sorted.
+
+    The trainer creates "##c" pieces in hash-map order, and their ids break ties between equally frequent merges,
+    so the learned vocabulary changes from run to run (huggingface/tokenizers#1794). Registering them up front, in
+    sorted order, fixes their ids and makes training deterministic; they would all be in the vocabulary anyway."""
+    normalizer = BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = BertPreTokenizer()
+    words = {w for s in sentences for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(s))}
+    return sorted({w[0] for w in words}) + sorted({"##" + c for w in words for c in w[1:]})
 
 
 def encode_sentences(tokenizer, sentences, max_length):

@@ -1,5 +1,7 @@
 """kdfast's custom ops: Python wrappers over torch.ops.kdfast.*, each beside its plain-PyTorch reference."""
+from kdfast.ops.bcos_conv import bcos_conv2d, bcos_conv2d_reference
 from kdfast.ops.iou_tally import iou_tally, iou_tally_reference
+from kdfast.ops.kd_explain_loss import kd_explain_loss, kd_explain_loss_reference, kd_explain_loss_terms
 from kdfast.ops.topk_threshold import (
     StreamingTopK,
     quantile_rank,
@@ -11,6 +13,11 @@ from kdfast.ops.topk_threshold import (
 
 __all__ = [
     "StreamingTopK",
+    "bcos_conv2d",
+    "bcos_conv2d_reference",
+    "kd_explain_loss",
+    "kd_explain_loss_reference",
+    "kd_explain_loss_terms",
     "iou_tally",
     "iou_tally_reference",
     "quantile_rank",

@@ -17,35 +17,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
                                                              const at::Tensor& seg_in, const at::Tensor& image_labels_in,
                                                              const at::Tensor& label_category_in, int64_t num_categories,
                                                              bool category_gated) {
-  auto label_counts = check_tally_inputs_and_count_labels(acts_in, thresholds_in, seg_in, image_labels_in,
-                                                          label_category_in, num_categories);
-  const auto acts = acts_in.contiguous();
-  const auto thresholds = thresholds_in.contiguous();
-  const auto seg = seg_in.contiguous();
-  const auto image_labels = image_labels_in.contiguous();
-  const auto label_category = label_category_in.contiguous();
-  const int64_t B = acts.size(0), U = acts.size(1), h = acts.size(2), w = acts.size(3);
-  const int64_t P = seg.size(1), SH = seg.size(2), SW = seg.size(3), Q = image_labels.size(1);
-  const int64_t L = label_category.size(0), C = num_categories;
-  auto inter = at::zeros({U, L}, label_category.options());
-  auto act = at::zeros({U, C}, label_category.options());
-  if (B == 0 || U == 0 || h == 0 || w == 0 || SH == 0 || SW == 0) return {label_counts, inter, act};
-
-  at::Tensor present;
-  if (!category_gated) present = categories_present(seg, image_labels, label_category, C);
-  const uint8_t* present_p = category_gated ? nullptr : present.const_data_ptr<uint8_t>();
+  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated);
+  if (t.empty()) return t.result();
+  const int64_t B = t.B, U = t.U, h = t.h, w = t.w, P = t.P, SH = t.SH, SW = t.SW, Q = t.Q, L = t.L, C = t.C;
 
   std::vector<LerpIndex> rows(SH), cols(SW);
   for (int64_t y = 0; y < SH; ++y) rows[y] = source_index((int)y, (int)h, (int)SH);
   for (int64_t x = 0; x < SW; ++x) cols[x] = source_index((int)x, (int)w, (int)SW);
 
-  const float* acts_p = acts.const_data_ptr<float>();
-  const float* thr_p = thresholds.const_data_ptr<float>();
-  const int32_t* seg_p = seg.const_data_ptr<int32_t>();
-  const int32_t* img_p = image_labels.const_data_ptr<int32_t>();
-  const int64_t* cat_p = label_category.const_data_ptr<int64_t>();
-  int64_t* inter_p = inter.data_ptr<int64_t>();
-  int64_t* act_p = act.data_ptr<int64_t>();
+  const float* acts_p = t.acts.const_data_ptr<float>();
+  const float* thr_p = t.thresholds.const_data_ptr<float>();
+  const int32_t* seg_p = t.seg.const_data_ptr<int32_t>();
+  const int32_t* img_p = t.image_labels.const_data_ptr<int32_t>();
+  const int64_t* cat_p = t.label_category.const_data_ptr<int64_t>();
+  const uint8_t* present_p = category_gated ? nullptr : t.present.const_data_ptr<uint8_t>();
+  int64_t* inter_p = t.inter.data_ptr<int64_t>();
+  int64_t* act_p = t.act.data_ptr<int64_t>();
 
   at::parallel_for(0, U, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> touched(C);
@@ -85,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
       }
     }
   });
-  return {label_counts, inter, act};
+  return t.result();
 }
 
 }  // namespace

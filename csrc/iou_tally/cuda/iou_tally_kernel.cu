@@ -79,31 +79,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cuda(const at::Tensor& 
                                                               const at::Tensor& label_category_in, int64_t num_categories,
                                                               bool category_gated) {
   c10::cuda::CUDAGuard guard(acts_in.device());
-  auto label_counts = check_tally_inputs_and_count_labels(acts_in, thresholds_in, seg_in, image_labels_in,
-                                                          label_category_in, num_categories);
-  const auto acts = acts_in.contiguous();
-  const auto thresholds = thresholds_in.contiguous();
-  const auto seg = seg_in.contiguous();
-  const auto image_labels = image_labels_in.contiguous();
-  const auto label_category = label_category_in.contiguous();
-  const int64_t B = acts.size(0), U = acts.size(1), h = acts.size(2), w = acts.size(3);
-  const int64_t P = seg.size(1), SH = seg.size(2), SW = seg.size(3), Q = image_labels.size(1);
-  const int64_t L = label_category.size(0), C = num_categories;
-  auto inter = at::zeros({U, L}, label_category.options());
-  auto act = at::zeros({U, C}, label_category.options());
-  if (B == 0 || U == 0 || h == 0 || w == 0 || SH == 0 || SW == 0) return {label_counts, inter, act};
-  TORCH_CHECK(B <= 65535, "kdfast.iou_tally: at most 65535 images per call on CUDA, got ", B);
-  at::Tensor present;
-  if (!category_gated) present = categories_present(seg, image_labels, label_category, C);
+  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated);
+  if (t.empty()) return t.result();
+  TORCH_CHECK(t.B <= 65535, "kdfast.iou_tally: at most 65535 images per call on CUDA, got ", t.B);
   auto stream = at::cuda::getCurrentCUDAStream();
-  iou_tally_kernel<<<dim3((unsigned)U, (unsigned)B), kThreads, 0, stream>>>(
-      acts.const_data_ptr<float>(), thresholds.const_data_ptr<float>(), seg.const_data_ptr<int32_t>(),
-      image_labels.const_data_ptr<int32_t>(), label_category.const_data_ptr<int64_t>(),
-      category_gated ? nullptr : present.const_data_ptr<uint8_t>(), (int)U, (int)h, (int)w, (int)P, (int)SH, (int)SW,
-      (int)Q, (int)L, (int)C, reinterpret_cast<unsigned long long*>(inter.data_ptr<int64_t>()),
-      reinterpret_cast<unsigned long long*>(act.data_ptr<int64_t>()));
+  iou_tally_kernel<<<dim3((unsigned)t.U, (unsigned)t.B), kThreads, 0, stream>>>(
+      t.acts.const_data_ptr<float>(), t.thresholds.const_data_ptr<float>(), t.seg.const_data_ptr<int32_t>(),
+      t.image_labels.const_data_ptr<int32_t>(), t.label_category.const_data_ptr<int64_t>(),
+      category_gated ? nullptr : t.present.const_data_ptr<uint8_t>(), (int)t.U, (int)t.h, (int)t.w, (int)t.P,
+      (int)t.SH, (int)t.SW, (int)t.Q, (int)t.L, (int)t.C, reinterpret_cast<unsigned long long*>(t.inter.data_ptr<int64_t>()),
+      reinterpret_cast<unsigned long long*>(t.act.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {label_counts, inter, act};
+  return t.result();
 }
 
 }  // namespace

@@ -90,60 +90,59 @@ dim3 unit_grid(const UnitView& v) {
   return dim3((unsigned)std::max<int64_t>(1, std::min(wanted, cap)), (unsigned)v.units);
 }
 
-struct RadixState {
+// Validates acts and runs the three radix passes: afterwards `prefix[u]` is the order key of unit u's k-th
+// largest value and `remaining[u]` how many copies of it belong to the top k.
+struct RadixSelection {
+  at::Tensor storage;  // acts, or a copy with a contiguous H·W block
+  UnitView v;
   at::Tensor prefix, mask, remaining;
+  cudaStream_t stream;
+
+  RadixSelection(const at::Tensor& acts, int64_t k) : v(make_unit_view(acts, k, storage)) {
+    TORCH_CHECK(v.units <= 65535, "kdfast: at most 65535 units on CUDA, got ", v.units);
+    stream = at::cuda::getCurrentCUDAStream();
+    const auto opts = acts.options();
+    prefix = at::zeros({v.units}, opts.dtype(at::kInt));
+    mask = at::zeros({v.units}, opts.dtype(at::kInt));
+    remaining = at::full({v.units}, k, opts.dtype(at::kLong));
+    if (v.units == 0) return;
+    auto hist = at::zeros({v.units, kMaxBins}, opts.dtype(at::kLong));
+    auto* h = reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>());
+    for (int p = 0; p < kPasses; ++p) {
+      const int bins = 1 << kBits[p];
+      radix_histogram_kernel<<<unit_grid(v), kThreads, 0, stream>>>(data(), v, keys(), mask_keys(), kShift[p], bins, h);
+      radix_select_kernel<<<(unsigned)v.units, kThreads, 0, stream>>>(
+          h, keys(), mask_keys(), reinterpret_cast<long long*>(remaining.data_ptr<int64_t>()), kShift[p], bins);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const float* data() const { return storage.const_data_ptr<float>(); }
+  uint32_t* keys() { return reinterpret_cast<uint32_t*>(prefix.data_ptr<int>()); }
+  uint32_t* mask_keys() { return reinterpret_cast<uint32_t*>(mask.data_ptr<int>()); }
 };
 
-RadixState radix_select(const float* data, const UnitView& v, int64_t k, const at::TensorOptions& opts,
-                        cudaStream_t stream) {
-  auto u32 = opts.dtype(at::kInt);
-  RadixState s{at::zeros({v.units}, u32), at::zeros({v.units}, u32), at::full({v.units}, k, opts.dtype(at::kLong))};
-  auto hist = at::zeros({v.units, kMaxBins}, opts.dtype(at::kLong));
-  const dim3 grid = unit_grid(v);
-  auto* prefix = reinterpret_cast<uint32_t*>(s.prefix.data_ptr<int>());
-  auto* mask = reinterpret_cast<uint32_t*>(s.mask.data_ptr<int>());
-  auto* h = reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>());
-  for (int p = 0; p < kPasses; ++p) {
-    const int bins = 1 << kBits[p];
-    radix_histogram_kernel<<<grid, kThreads, 0, stream>>>(data, v, prefix, mask, kShift[p], bins, h);
-    radix_select_kernel<<<(unsigned)v.units, kThreads, 0, stream>>>(
-        h, prefix, mask, reinterpret_cast<long long*>(s.remaining.data_ptr<int64_t>()), kShift[p], bins);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return s;
-}
-
 at::Tensor topk_threshold_cuda(const at::Tensor& acts, int64_t k) {
-  at::Tensor storage;
-  const UnitView v = make_unit_view(acts, k, storage);
-  TORCH_CHECK(v.units <= 65535, "kdfast.topk_threshold: at most 65535 units on CUDA, got ", v.units);
   c10::cuda::CUDAGuard guard(acts.device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  auto out = at::empty({v.units}, acts.options());
-  if (v.units == 0) return out;
-  auto s = radix_select(storage.const_data_ptr<float>(), v, k, acts.options(), stream);
-  keys_to_values_kernel<<<(unsigned)((v.units + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      reinterpret_cast<const uint32_t*>(s.prefix.const_data_ptr<int>()), out.data_ptr<float>(), v.units);
+  RadixSelection sel(acts, k);
+  auto out = at::empty({sel.v.units}, acts.options());
+  if (sel.v.units == 0) return out;
+  keys_to_values_kernel<<<(unsigned)((sel.v.units + kThreads - 1) / kThreads), kThreads, 0, sel.stream>>>(
+      sel.keys(), out.data_ptr<float>(), sel.v.units);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
 at::Tensor unit_topk_cuda(const at::Tensor& acts, int64_t k) {
-  at::Tensor storage;
-  const UnitView v = make_unit_view(acts, k, storage);
-  TORCH_CHECK(v.units <= 65535, "kdfast.unit_topk: at most 65535 units on CUDA, got ", v.units);
   c10::cuda::CUDAGuard guard(acts.device());
-  auto stream = at::cuda::getCurrentCUDAStream();
-  auto out = at::empty({v.units, k}, acts.options());
-  if (v.units == 0) return out;
-  const float* data = storage.const_data_ptr<float>();
-  auto s = radix_select(data, v, k, acts.options(), stream);
-  auto fill = at::zeros({v.units}, acts.options().dtype(at::kLong));
-  const auto* prefix = reinterpret_cast<const uint32_t*>(s.prefix.const_data_ptr<int>());
-  gather_greater_kernel<<<unit_grid(v), kThreads, 0, stream>>>(
-      data, v, prefix, reinterpret_cast<unsigned long long*>(fill.data_ptr<int64_t>()), out.data_ptr<float>(), k);
-  fill_ties_kernel<<<(unsigned)v.units, kThreads, 0, stream>>>(
-      prefix, reinterpret_cast<const long long*>(s.remaining.const_data_ptr<int64_t>()), out.data_ptr<float>(), k);
+  RadixSelection sel(acts, k);
+  auto out = at::empty({sel.v.units, k}, acts.options());
+  if (sel.v.units == 0) return out;
+  auto fill = at::zeros({sel.v.units}, acts.options().dtype(at::kLong));
+  gather_greater_kernel<<<unit_grid(sel.v), kThreads, 0, sel.stream>>>(
+      sel.data(), sel.v, sel.keys(), reinterpret_cast<unsigned long long*>(fill.data_ptr<int64_t>()),
+      out.data_ptr<float>(), k);
+  fill_ties_kernel<<<(unsigned)sel.v.units, kThreads, 0, sel.stream>>>(
+      sel.keys(), reinterpret_cast<const long long*>(sel.remaining.const_data_ptr<int64_t>()), out.data_ptr<float>(), k);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Rows hold the exact top-k multiset in arbitrary order; sort them (k << M) for a canonical result.
   return std::get<0>(at::sort(out, /*dim=*/1, /*descending=*/true));

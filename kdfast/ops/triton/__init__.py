@@ -1,0 +1,1 @@
+"""Triton kernels (GPU; testable on the CPU with TRITON_INTERPRET=1), registered as CUDA implementations of kdfast ops."""
