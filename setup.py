@@ -2,7 +2,7 @@
 
 Environment knobs:
   KDFAST_FORCE_CPU=1        build the CPU-only extension even where nvcc is found.
-  TORCH_CUDA_ARCH_LIST      CUDA architectures (default "9.0": H100/H200; add e.g. "8.0;8.6" for others).
+  TORCH_CUDA_ARCH_LIST      CUDA architectures (default "9.0+PTX": H100/H200 code, PTX for newer GPUs).
   MAX_JOBS                  parallel compile jobs (ninja).
 """
 import glob
@@ -66,7 +66,7 @@ def extensions():
         os.environ["CUDA_HOME"] = cuda_home
         # torch.utils.cpp_extension reads CUDA_HOME at import time; refresh it for this process.
         cpp_extension.CUDA_HOME = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     define_macros = []
@@ -102,7 +102,19 @@ setup(
     packages=find_packages(include=["kdfast", "kdfast.*"]),
     package_data={"kdfast": ["data/*.csv"]},
     python_requires=">=3.10",
-    install_requires=["torch", "torchvision", "numpy", "pillow", "tqdm", "matplotlib"],
+    install_requires=[
+        "torch",
+        "torchvision",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "matplotlib",
+        "scipy",
+        "pyyaml",
+        "captum",
+        "transformers",
+        "tokenizers",
+    ],
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -31,7 +31,7 @@ def parse_args(argv):
     p.add_argument("--out", default="runs/nlp", help="experiment folder (default: runs/nlp)")
     p.add_argument("--classes", type=int, default=4, choices=(5, 4, 2),
                    help="4: drop neutral sentences (paper); 2: SST-2; 5: fine-grained")
-    p.add_argument("--synthetic-sizes", type=int, nargs=3, default=(2000, 400, 400), metavar=("TRAIN", "DEV", "TEST"))
+    p.add_argument("--synthetic-sizes", type=int, nargs=3, default=(1500, 300, 300), metavar=("TRAIN", "DEV", "TEST"))
     teacher = p.add_mutually_exclusive_group()
     teacher.add_argument("--teacher", help="trained teacher checkpoint folder (config.json, weights, tokenizer); "
                                            "used as is, its tokenizer is shared with the students")
@@ -59,7 +59,8 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the tiny embedded models gain nothing from more)")
     p.add_argument("--no-eval", action="store_true", help="only train; score later with scripts/evaluate_nlp.py")
     add_evaluation_args(p)
     return p.parse_args(argv)
@@ -68,7 +69,7 @@ def parse_args(argv):
 def add_evaluation_args(p):
     p.add_argument("--splits", nargs="+", default=("dev", "test"), choices=("train", "dev", "test"),
                    help="sentences to attribute (paper: validation and test)")
-    p.add_argument("--n-steps", type=int, default=20, help="Integrated Gradients steps (captum's default is 50)")
+    p.add_argument("--n-steps", type=int, default=50, help="Integrated Gradients steps")
     p.add_argument("--internal-batch-size", type=int, default=512, help="interpolated inputs per forward pass")
     p.add_argument("--attribution-batch-size", type=int, default=32, help="sentences per captum call")
     p.add_argument("--aggregate", choices=("sum", "mean"), default="sum", help="how a word's pieces are combined")

@@ -2,7 +2,7 @@
 word attributions against the word sentiment labels (ICML 2023 §5.4, Tables 5 and 13).
 
     python scripts/evaluate_nlp.py                          # the models of runs/nlp (from scripts/distill_nlp.py)
-    python scripts/evaluate_nlp.py --out runs/sst --n-steps 50 --device cuda
+    python scripts/evaluate_nlp.py --out runs/sst --n-steps 100 --device cuda
     python scripts/evaluate_nlp.py --models ckpt/a ckpt/b --data path/to/trees --out runs/eval
 
 Writes <out>/scores.{json,csv} and prints the comparison table.
@@ -27,7 +27,7 @@ def parse_args(argv):
     p.add_argument("--data", help="SST folder (train/dev/test.txt); default: the one recorded in models.json")
     p.add_argument("--classes", type=int, choices=(5, 4, 2), help="default: the one recorded in models.json, else 4")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as for tiny models)")
     add_evaluation_args(p)
     return p.parse_args(argv)
 

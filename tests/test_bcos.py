@@ -485,8 +485,10 @@ def test_explanations_are_differentiable_for_e2kd(gen):
     r = torch.randn(2, 6, 8, 8, generator=gen, dtype=torch.float64)
     grads = []
     for m in (model, plain):
-        weights = kb.explain_batch(m, x, torch.tensor([0, 3]), create_graph=True).weights
-        grads.append(torch.autograd.grad((weights * r).sum(), [p for p in m.parameters()]))
+        logits, weights, _ = kb.explain_batch(m, x, torch.tensor([0, 3]), create_graph=True)
+        loss = (weights * r).sum() + logits.square().sum()  # an e2KD-like loss on the same pass
+        grads.append(torch.autograd.grad(loss, [p for p in m.parameters()]))
+    assert not kb.explain_batch(model, x).logits.requires_grad
     for got, want in zip(*grads):
         assert_rel_close(got, want, 1e-10)
 

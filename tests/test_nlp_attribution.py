@@ -6,6 +6,17 @@ from kdfast.nlp.models import bert_config, new_classifier
 from kdfast.nlp.sst import SSTExample
 from kdfast.nlp.tokenizer import encode_sentences, train_wordpiece_tokenizer
 
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and several threads spin badly on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SENTENCES = [
     ("the", "film", "is", "not", "wonderful", "."),
     ("an", "unwatchable", "mess", "(", "sort", "of", ")", "!"),
@@ -59,7 +70,7 @@ def tokenizer():
 def model(tokenizer):
     config = bert_config(len(tokenizer), num_labels=4, num_layers=2, hidden_size=16, num_heads=2, max_position=64,
                          dropout=0.0)
-    config.initializer_range = 0.3  # large weights: logits far from the baseline's, a curved path for IG
+    config.initializer_range = 1.0  # large weights: logits far from the baseline's, a curved path for IG
     return new_classifier(config, seed=0).double().eval()
 
 
@@ -95,7 +106,7 @@ def test_completeness_word_attributions_sum_to_logit_gap(model, tokenizer):
     targets = torch.tensor([e.label for e in examples])
     gap = (logits - baseline_logits).gather(1, targets[:, None])[:, 0]
     sums = torch.stack([w.sum() for w in result.words])
-    assert gap.abs().min() > 0.05  # the check below is not trivially 0 ≈ 0
+    assert gap.abs().min() > 0.1  # the check below is not trivially 0 ≈ 0
     torch.testing.assert_close(sums, gap, rtol=2e-3, atol=1e-4)
     torch.testing.assert_close(result.deltas, sums - gap, rtol=1e-6, atol=1e-9)
     assert [len(w) for w in result.words] == [len(e.words) for e in examples]

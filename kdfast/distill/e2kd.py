@@ -130,18 +130,6 @@ def _bcos():
     return bcos
 
 
-def _student_bcos_weights(student, x6, classes):
-    """(logits, W) of the student in explanation mode, both carrying the autograd graph: W(x) = ∂logit_c/∂x
-    with create_graph (trained through by a double backward, as in the reference code). This is
-    kdfast.models.bcos.explain_batch's computation, except that the KD term also needs the logits of the
-    same pass with their graph, which explain_batch returns detached."""
-    with _bcos().explanation_mode(student), torch.enable_grad():
-        x6 = x6.detach().requires_grad_(True)
-        logits = student(x6)
-        (weights,) = torch.autograd.grad(logits.gather(1, classes[:, None]).sum(), x6, create_graph=True)
-    return logits, weights
-
-
 class E2KDBcos(_E2KD):
     """e2KD with B-cos explanations: the dynamic linear weights W(x) (all 6 input channels) of teacher and
     student for the teacher's top-1 class. Images are (B, 3, H, W) in [0, 1] (no mean/std normalisation;
@@ -170,7 +158,9 @@ class E2KDBcos(_E2KD):
         if teacher_weights.dim() != 4:
             raise ValueError(f"teacher B-cos explanations must be (B, C, H, W), got shape {tuple(teacher_weights.shape)}")
         classes = check_classes(teacher_logits.argmax(dim=1), teacher_logits)
-        student_logits, student_weights = _student_bcos_weights(student, x6, classes)
+        # W(x) = ∂logit_c/∂x with its graph (trained through by a double backward, as in the reference code),
+        # and the logits of the same pass with theirs for the KD term.
+        student_logits, student_weights, _ = _bcos().explain_batch(student, x6, classes, create_graph=True)
         if teacher_weights.shape[1] != student_weights.shape[1]:
             raise ValueError(
                 f"teacher explanations have {teacher_weights.shape[1]} channels, the student's W(x) has {student_weights.shape[1]}"

@@ -297,12 +297,13 @@ def explain_batch(model, x6, classes=None, create_graph=False):
     """Explanations of a whole batch in one forward and one backward.
 
     x6: (B, C, H, W) encoded input (`encode_input`); classes: (B,) class per sample, or None for each sample's
-    prediction. Returns BcosExplanation(logits (B, K) detached, weights W(x) (B, C, H, W) = ∂logit[b, class_b]/∂x_b,
+    prediction. Returns BcosExplanation(logits (B, K), weights W(x) (B, C, H, W) = ∂logit[b, class_b]/∂x_b,
     contributions (B, H, W) = Σ_c W(x)⊙x). The summed selected logits are differentiated once: in explanation
     mode no sample's logit depends on another sample's input (eval mode; in training mode the B-cos batch
     norm's batch variance is a constant, and running statistics update as in any training forward).
     `create_graph=True` keeps W(x) differentiable w.r.t. the parameters (e2KD); the dynamic scales stay
-    constants at every order, as in the bcos package."""
+    constants at every order, as in the bcos package. The logits are detached unless create_graph=True; then
+    they carry this pass's (explanation-mode) graph too, for a loss on the same forward."""
     if not isinstance(x6, torch.Tensor) or not x6.dtype.is_floating_point or x6.dim() != 4:
         raise ValueError(f"x6 must be a floating-point (B, C, H, W) tensor, got {getattr(x6, 'shape', type(x6))}")
     _check_batch_independent(model)
@@ -314,7 +315,8 @@ def explain_batch(model, x6, classes=None, create_graph=False):
         classes = _check_classes(classes, logits)
         selected = logits.gather(1, classes[:, None]).sum()
         (weights,) = torch.autograd.grad(selected, x, create_graph=create_graph)
-    return BcosExplanation(logits.detach(), weights, (x.detach() * weights).sum(1))
+    logits = logits if create_graph else logits.detach()
+    return BcosExplanation(logits, weights, (x.detach() * weights).sum(1))
 
 
 def _check_classes(classes, logits):

@@ -41,7 +41,7 @@ class DistillSetup:
     out: str = "runs/nlp"
     data: str = None  # SST folder with train/dev/test.txt; None = generate the synthetic set into out/data
     classes: int = 4
-    synthetic_sizes: tuple = (2000, 400, 400)
+    synthetic_sizes: tuple = (1500, 300, 300)
     teacher: str = None  # trained teacher checkpoint folder: used as is
     teacher_init: str = None  # pretrained BERT folder: a new head is fine-tuned on SST as the teacher
     teacher_layers: int = 4
