@@ -7,40 +7,15 @@ results equal a single-process run's bit for bit.
 * per-image maxima: each image lives on one rank, so the others contribute −inf and all_reduce(MAX)
   assembles the full table.
 """
-import os
-
 import torch
 import torch.distributed as dist
 
+from kdfast.distributed import ProcessGroup
 from kdfast.ops.topk_threshold import StreamingTopK
 
 
-class Distributed:
-    """This process's rank in a torchrun job; a single process is rank 0 of 1 and every method is local.
-    join=False acts alone even under torchrun."""
-
-    def __init__(self, device, join=True):
-        self.world = int(os.environ.get("WORLD_SIZE", "1")) if join else 1
-        self._owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self._owns_group = True
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        self.device = device  # where collectives' tensors live (NCCL needs CUDA tensors)
-
-    @staticmethod
-    def local_device(device):
-        """cuda → this rank's GPU (LOCAL_RANK under torchrun); cpu stays cpu."""
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return device
-
-    @property
-    def main(self):
-        return self.rank == 0
+class Distributed(ProcessGroup):
+    """The dissection's exact reductions over the ranks of a torchrun job."""
 
     def shard(self, count):
         """This rank's image indices."""
@@ -75,15 +50,6 @@ class Distributed:
         if self.world > 1:
             dist.all_reduce(full, op=dist.ReduceOp.MAX)
         return full.cpu()
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self):
-        if self._owns_group:
-            dist.destroy_process_group()
-            self._owns_group = False
 
     def _all_gather(self, tensor):
         parts = [torch.empty_like(tensor) for _ in range(self.world)]

@@ -43,6 +43,7 @@ from kdfast.data.imagefolder import (
 from kdfast.distill import build_method, method_class
 from kdfast.distill.config import ConfigError, dump_config
 from kdfast.distill.models import build_model
+from kdfast.distributed import ProcessGroup
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
@@ -54,27 +55,8 @@ RESUME_FREE_KEYS = ("log", "workers", "eval_batch_size")
 # Processes
 
 
-class Processes:
-    """This process's place in a torchrun job (a plain run is rank 0 of 1)."""
-
-    def __init__(self, device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.owns_group = True
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        self.device = device
-
-    @property
-    def main(self):
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
+class Processes(ProcessGroup):
+    """The trainer's reductions over the processes of a torchrun job."""
 
     def sum(self, values):
         """Element-wise sum over processes of a list of floats (float64)."""
@@ -82,18 +64,6 @@ class Processes:
         if self.world > 1:
             dist.all_reduce(tensor)
         return tensor.tolist()
-
-    def gather(self, obj):
-        """[obj of rank 0, obj of rank 1, ...]."""
-        if self.world == 1:
-            return [obj]
-        gathered = [None] * self.world
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def close(self):
-        if self.owns_group:
-            dist.destroy_process_group()
 
 
 def resolve_device(name):
