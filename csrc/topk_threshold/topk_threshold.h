@@ -29,7 +29,9 @@ KDFAST_HD uint32_t float_order_key(float x) {
 #else
   std::memcpy(&bits, &x, sizeof(bits));
 #endif
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  // Negative: flip every bit; non-negative: set the sign bit. Branch-free, since signs are random.
+  const uint32_t negative = (uint32_t)((int32_t)bits >> 31);
+  return bits ^ (negative | 0x80000000u);
 }
 
 KDFAST_HD float float_from_order_key(uint32_t key) {

@@ -36,17 +36,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
 
   at::parallel_for(0, U, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> touched(C);
+    std::vector<float> row_max(h);
     for (int64_t u = begin; u < end; ++u) {
       const double T = (double)thr_p[u];
       int64_t* inter_row = inter_p + u * L;
       for (int64_t b = 0; b < B; ++b) {
         const float* map = acts_p + (b * U + u) * h * w;
-        // Upsampling never exceeds the map's maximum, so a map with max <= T has an empty mask.
-        if ((double)*std::max_element(map, map + h * w) <= T) continue;
+        // Upsampling never exceeds the maximum of the source rows it blends, so a map with max <= T has an
+        // empty mask, and so has every output row whose two source rows stay <= T.
+        for (int64_t r = 0; r < h; ++r) row_max[r] = *std::max_element(map + r * w, map + (r + 1) * w);
+        if ((double)*std::max_element(row_max.begin(), row_max.end()) <= T) continue;
         std::fill(touched.begin(), touched.end(), 0);
         int64_t count = 0;
         const int32_t* planes = seg_p + b * P * SH * SW;
         for (int64_t y = 0; y < SH; ++y) {
+          if ((double)std::max(row_max[rows[y].i0], row_max[rows[y].i1]) <= T) continue;
           for (int64_t x = 0; x < SW; ++x) {
             if (bilinear_at(map, (int)w, rows[y], cols[x]) <= T) continue;
             ++count;
