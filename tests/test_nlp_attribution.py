@@ -7,14 +7,7 @@ from kdfast.nlp.sst import SSTExample
 from kdfast.nlp.tokenizer import encode_sentences, train_wordpiece_tokenizer
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and several threads spin badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SENTENCES = [

@@ -13,14 +13,7 @@ from kdfast.nlp.tokenizer import encode_sentences, train_wordpiece_tokenizer
 from kdfast.nlp.train import TrainConfig, predict_logits, train_classifier
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and several threads spin badly on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = {0: ("awful", "dreadful"), 1: ("dull", "flat"), 2: ("good", "nice"), 3: ("superb", "brilliant")}

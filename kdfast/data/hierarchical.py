@@ -111,6 +111,18 @@ def render(rng, superclass, sub, superclasses, size):
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _params(superclasses, subclasses, train_per_class, val_per_class, size, seed):
+    """The generation parameters, as written to params.json and compared on reuse."""
+    return dict(
+        superclasses=superclasses,
+        subclasses=subclasses,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        size=size,
+        seed=seed,
+    )
+
+
 def generate(out, superclasses=3, subclasses=4, train_per_class=100, val_per_class=25, size=32, seed=0, progress=True):
     """Writes the dataset to `out` (which must not exist yet) and returns it as a Path."""
     out = Path(out)
@@ -142,14 +154,7 @@ def generate(out, superclasses=3, subclasses=4, train_per_class=100, val_per_cla
         writer.writerow(["index", "class", "category"])
         for name, superclass in names:
             writer.writerow([index[name], name, superclass])
-    params = dict(
-        superclasses=superclasses,
-        subclasses=subclasses,
-        train_per_class=train_per_class,
-        val_per_class=val_per_class,
-        size=size,
-        seed=seed,
-    )
+    params = _params(superclasses, subclasses, train_per_class, val_per_class, size, seed)
     (out / "params.json").write_text(json.dumps(params, indent=1))
     return out
 
@@ -162,14 +167,7 @@ def hierarchical_dataset(
     root=None keeps it in the cache (`cache_root()/hierarchical-...`, one folder per parameter set). An
     existing folder is reused when its params.json matches, and is an error otherwise. Generation goes to a
     temporary folder that is renamed when complete, so an interrupted run never leaves a partial dataset."""
-    params = dict(
-        superclasses=superclasses,
-        subclasses=subclasses,
-        train_per_class=train_per_class,
-        val_per_class=val_per_class,
-        size=size,
-        seed=seed,
-    )
+    params = _params(superclasses, subclasses, train_per_class, val_per_class, size, seed)
     if root is None:
         root = cache_root() / ("hierarchical-" + "-".join(f"{k}{v}" for k, v in params.items()))
     root = Path(root)
