@@ -12,8 +12,15 @@ import sys
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils import cpp_extension
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pip's isolated build environment has no torch
+    sys.exit(
+        "kdfast builds against the torch installed in your environment, which this build cannot see.\n"
+        "Install torch first (pip install -r requirements.txt), then build with:\n"
+        "    pip install --no-build-isolation -e ."
+    )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
