@@ -297,6 +297,20 @@ def _copy_weights(ours, theirs):
     return ours
 
 
+def _assert_layer_matches(theirs, ours, x, gen, forward_rtol, grad_rtol):
+    """Outputs and gradients (w.r.t. the input and the filters) agree in normal and in explanation mode."""
+    for explain in (False, True):
+        theirs.set_explanation_mode(explain)
+        ours.set_explanation_mode(explain)
+        want, got = theirs(x), ours(x)
+        assert_rel_close(got, want, forward_rtol, ("forward", explain))
+        cot = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+        g_want = torch.autograd.grad(want, (x, theirs.linear.weight), cot)
+        g_got = torch.autograd.grad(got, (x, ours.linear.weight), cot)
+        for g, w in zip(g_got, g_want):
+            assert_rel_close(g, w, grad_rtol, ("grad", explain))
+
+
 @requires_bcos
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize(
@@ -314,16 +328,7 @@ def test_bcos_conv2d_matches_package(gen, fused, conf):
         theirs = PkgConv2d(**conf).double()
     ours = _copy_weights(kb.BcosConv2d(**conf, fused=fused).double(), theirs)
     x = torch.randn(2, conf["in_channels"], 9, 8, generator=gen, dtype=torch.float64, requires_grad=True)
-    for explain in (False, True):
-        theirs.set_explanation_mode(explain)
-        ours.set_explanation_mode(explain)
-        want, got = theirs(x), ours(x)
-        assert_rel_close(got, want, 1e-12, "forward")
-        cot = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-        g_want = torch.autograd.grad(want, (x, theirs.linear.weight), cot)
-        g_got = torch.autograd.grad(got, (x, ours.linear.weight), cot)
-        for g, w in zip(g_got, g_want):
-            assert_rel_close(g, w, 1e-10, ("grad", explain))
+    _assert_layer_matches(theirs, ours, x, gen, forward_rtol=1e-12, grad_rtol=1e-10)
 
 
 @requires_bcos
@@ -332,16 +337,7 @@ def test_bcos_linear_matches_package(gen, conf):
     theirs = PkgLinear(12, 5, **conf).double()
     ours = _copy_weights(kb.BcosLinear(12, 5, **conf).double(), theirs)
     x = torch.randn(3, 4, 12, generator=gen, dtype=torch.float64, requires_grad=True)
-    for explain in (False, True):
-        theirs.set_explanation_mode(explain)
-        ours.set_explanation_mode(explain)
-        want, got = theirs(x), ours(x)
-        assert_rel_close(got, want, 1e-13)
-        cot = torch.randn(want.shape, generator=gen, dtype=torch.float64)
-        g_want = torch.autograd.grad(want, (x, theirs.linear.weight), cot)
-        g_got = torch.autograd.grad(got, (x, ours.linear.weight), cot)
-        for g, w in zip(g_got, g_want):
-            assert_rel_close(g, w, 1e-12)
+    _assert_layer_matches(theirs, ours, x, gen, forward_rtol=1e-13, grad_rtol=1e-12)
 
 
 @requires_bcos

@@ -62,6 +62,14 @@ def explanation_mode(model):
             m.set_explanation_mode(was)
 
 
+def _check_b_and_max_out(b, max_out):
+    """The arguments every B-cos layer shares: the exponent b >= 1 and the max-out group size >= 1."""
+    if max_out < 1:
+        raise ValueError(f"max_out must be >= 1, got {max_out}")
+    if b < 1:
+        raise ValueError(f"b must be >= 1, got {b}")
+
+
 class BcosConv2d(Detachable, nn.Module):
     """B-cos convolution: filters normalised to unit norm, no bias, optional max-out over `max_out` units,
     output scaled by |cos(x, ŵ)|^(b−1) per patch (see kdfast.ops.bcos_conv for the exact arithmetic).
@@ -71,10 +79,7 @@ class BcosConv2d(Detachable, nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size=1, stride=1, padding=0, dilation=1, groups=1,
                  b=2, max_out=1, fused=True, device=None, dtype=None):
         super().__init__()
-        if max_out < 1:
-            raise ValueError(f"max_out must be >= 1, got {max_out}")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}")
+        _check_b_and_max_out(b, max_out)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.b, self.max_out, self.fused = b, max_out, fused
         self.linear = nn.Conv2d(in_channels, out_channels * max_out, kernel_size, stride, padding, dilation,
@@ -97,10 +102,7 @@ class BcosLinear(Detachable, nn.Module):
 
     def __init__(self, in_features, out_features, b=2, max_out=1, device=None, dtype=None):
         super().__init__()
-        if max_out < 1:
-            raise ValueError(f"max_out must be >= 1, got {max_out}")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}")
+        _check_b_and_max_out(b, max_out)
         self.in_features, self.out_features = in_features, out_features
         self.b, self.max_out = b, max_out
         self.linear = nn.Linear(in_features, out_features * max_out, bias=False, device=device, dtype=dtype)
