@@ -46,8 +46,14 @@ _METHODS = {
     "sskd": SSKD,
     "multilabel_kd": MultiLabelKD,
 }
-# Written in kdfast/distill/e2kd.py; imported only when asked for, as it pulls in the explanation machinery.
-_LAZY_METHODS = {"e2kd_gradcam": "E2KDGradCAM", "e2kd_bcos": "E2KDBcos"}
+# name → (module, class); imported only when asked for, as they pull in the explanation machinery or wrap
+# other methods.
+_LAZY_METHODS = {
+    "e2kd_gradcam": ("kdfast.distill.e2kd", "E2KDGradCAM"),
+    "e2kd_bcos": ("kdfast.distill.e2kd", "E2KDBcos"),
+    "guided": ("kdfast.distill.guidance", "Guided"),
+    "mixup": ("kdfast.distill.mixup", "Mixup"),
+}
 METHOD_NAMES = tuple(_METHODS) + tuple(_LAZY_METHODS)
 
 
@@ -56,13 +62,12 @@ def method_class(name):
     if name in _METHODS:
         return _METHODS[name]
     if name in _LAZY_METHODS:
+        module_name, class_name = _LAZY_METHODS[name]
         try:
-            module = importlib.import_module("kdfast.distill.e2kd")
+            module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ImportError(
-                f"method {name!r} is defined in kdfast.distill.e2kd, which failed to import: {exc}"
-            ) from exc
-        return getattr(module, _LAZY_METHODS[name])
+            raise ImportError(f"method {name!r} is defined in {module_name}, which failed to import: {exc}") from exc
+        return getattr(module, class_name)
     raise ValueError(f"unknown distillation method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
 
 
