@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment, time_fn, write_results  # noqa: E402
 from kdfast import ops  # noqa: E402
-from kdfast.ops.topk_threshold import quantile_rank  # noqa: E402
+from kdfast.ops.iou_tally import iou_tally  # noqa: E402
+from kdfast.ops.topk_threshold import quantile_rank, topk_threshold  # noqa: E402
 
 
 def eager_threshold(acts, k):
@@ -63,11 +64,11 @@ def tally_inputs(batch, units, size, seg_size, planes, labels, categories, devic
 def bench_topk(device, images, units, size, gen, repeat):
     acts = torch.randn(images, units, size, size, generator=gen).to(device)
     k = quantile_rank(0.005, images * size * size)
-    ours = time_fn(lambda: ops.topk_threshold(acts, 0.005), device, repeat=repeat)
+    ours = time_fn(lambda: topk_threshold(acts, 0.005), device, repeat=repeat)
     eager = time_fn(lambda: eager_threshold(acts, k), device, repeat=repeat)
     copy = time_fn(lambda: acts.clone(), device, repeat=repeat)
     nbytes = acts.numel() * 4
-    assert torch.equal(ops.topk_threshold(acts, 0.005), eager_threshold(acts, k))
+    assert torch.equal(topk_threshold(acts, 0.005), eager_threshold(acts, k))
     return {
         "op": "topk_threshold",
         "shape": f"{images}x{units}x{size}x{size}",
@@ -83,9 +84,9 @@ def bench_topk(device, images, units, size, gen, repeat):
 
 def bench_tally(device, batch, units, size, seg_size, gen, repeat):
     acts, thr, seg, img, cat = tally_inputs(batch, units, size, seg_size, 4, 1200, 6, device, gen)
-    ours = time_fn(lambda: ops.iou_tally(acts, thr, seg, img, cat, 6), device, repeat=repeat)
+    ours = time_fn(lambda: iou_tally(acts, thr, seg, img, cat, 6), device, repeat=repeat)
     eager = time_fn(lambda: eager_tally(acts, thr, seg, img, cat, 6), device, repeat=repeat)
-    got = ops.iou_tally(acts, thr, seg, img, cat, 6)
+    got = iou_tally(acts, thr, seg, img, cat, 6)
     inter, act = eager_tally(acts, thr, seg, img, cat, 6)
     # float32 F.interpolate may round a pixel differently from the exact kernel; counts agree to a pixel or so.
     mismatch = int((got.intersections - inter).abs().sum())

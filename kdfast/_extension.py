@@ -6,9 +6,13 @@ _ERROR = None
 
 
 def load():
-    """Imports the compiled extension once; raises with build instructions when it is missing."""
+    """Imports the compiled extension (once it succeeds); raises with build instructions when it is missing.
+    torch is imported first: kdfast._C links against libc10/libtorch, which only torch's import puts in the
+    process. A failure is not cached, so a later call (after a build, say) tries again."""
     global _C, _ERROR
-    if _C is None and _ERROR is None:
+    if _C is None:
+        import torch  # noqa: F401  (loads libc10 and libtorch for the extension)
+
         try:
             _C = importlib.import_module("kdfast._C")
         except ImportError as exc:  # keep the reason for the message below

@@ -16,12 +16,12 @@ from kdfast.explain import (
     FrozenExplanationDataset,
     closed_form_cam,
     crop_resize,
-    gradcam,
     pool_linear_cam,
     precompute_explanations,
     resize_maps,
     sample_box,
 )
+from kdfast.explain.gradcam import gradcam
 from kdfast.ops.iou_tally import upsample_reference
 
 

@@ -3,13 +3,14 @@ import torch
 import torch.nn.functional as F
 
 import kdfast.ops as ops
-from kdfast.ops.iou_tally import upsample_reference
+from kdfast.ops.iou_tally import iou_tally, upsample_reference
 
 from conftest import requires_cuda
 
 
-def make_batch(gen, B=3, U=5, h=7, w=7, P=2, S=(14, 14), Q=1, L=20, C=6, ties=False, q=0.1):
-    """Random activations and label planes; thresholds are actual activation values (the dissection's case)."""
+def make_batch(gen, B=3, U=5, h=7, w=7, P=2, S=(14, 14), Q=1, L=20, C=6, ties=False, q=0.1, image_label=None):
+    """Random activations and label planes; thresholds are actual activation values (the dissection's case).
+    `image_label` fixes every image's first image-level label (so that a tiny case surely tallies something)."""
     if ties:
         acts = torch.randint(0, 3, (B, U, h, w), generator=gen).float()
     else:
@@ -21,6 +22,8 @@ def make_batch(gen, B=3, U=5, h=7, w=7, P=2, S=(14, 14), Q=1, L=20, C=6, ties=Fa
     seg = torch.randint(0, L, (B, P, *S), generator=gen, dtype=torch.int32)
     seg[seg < L // 4] = 0  # plenty of unlabeled pixels
     image_labels = torch.randint(0, L, (B, Q), generator=gen, dtype=torch.int32)
+    if image_label is not None:
+        image_labels[:, 0] = image_label
     label_category = torch.randint(0, C, (L,), generator=gen)
     label_category[0] = -1
     label_category[1] = -1  # a label with no selected category
@@ -34,7 +37,7 @@ CASES = {
     "downsample": dict(h=9, w=9, S=(4, 4)),
     "no_planes": dict(P=0),
     "no_image_labels": dict(Q=0),
-    "single": dict(B=1, U=1, h=2, w=2, S=(3, 3), L=3, C=1, q=0.5),
+    "single": dict(B=1, U=1, h=2, w=2, S=(3, 3), L=3, C=1, q=0.5, image_label=2),
     "ties": dict(ties=True, q=0.4),
     "empty_batch": dict(B=0),
     "many_labels": dict(L=300, C=3, Q=3),
@@ -52,7 +55,7 @@ def test_upsample_reference_is_half_pixel_bilinear(gen):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cpu_kernel_equals_float64_reference(gen, case, gated):
     acts, thr, seg, img, cat, C = make_batch(gen, **CASES[case])
-    got = ops.iou_tally(acts, thr, seg, img, cat, C, category_gated=gated)
+    got = iou_tally(acts, thr, seg, img, cat, C, category_gated=gated)
     expected = ops.iou_tally_reference(acts.double(), thr.double(), seg, img, cat, C, category_gated=gated)
     for name, g, e in zip(got._fields, got, expected):
         assert g.dtype == torch.int64 and torch.equal(g, e), (case, name)
@@ -64,9 +67,9 @@ def test_constant_map_at_threshold_is_inactive():
     acts = torch.full((1, 1, 3, 3), 2.0)
     seg = torch.ones(1, 1, 8, 8, dtype=torch.int32)
     cat = torch.tensor([-1, 0])
-    at = ops.iou_tally(acts, torch.tensor([2.0]), seg, torch.zeros(1, 0, dtype=torch.int32), cat, 1)
+    at = iou_tally(acts, torch.tensor([2.0]), seg, torch.zeros(1, 0, dtype=torch.int32), cat, 1)
     assert at.intersections.sum() == 0 and at.activations.sum() == 0
-    below = ops.iou_tally(acts, torch.tensor([1.999]), seg, torch.zeros(1, 0, dtype=torch.int32), cat, 1)
+    below = iou_tally(acts, torch.tensor([1.999]), seg, torch.zeros(1, 0, dtype=torch.int32), cat, 1)
     assert below.intersections[0, 1] == 64 and below.activations[0, 0] == 64
     assert below.label_counts.tolist() == [0, 64]
 
@@ -79,7 +82,7 @@ def test_image_level_label_counts_for_its_category():
     seg = torch.zeros(1, 1, 4, 4, dtype=torch.int32)
     img = torch.tensor([[2]], dtype=torch.int32)
     cat = torch.tensor([-1, 0, 1])
-    got = ops.iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 2)
+    got = iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 2)
     active = int((upsample_reference(acts, (4, 4)) > 0.5).sum())
     assert active > 0
     assert got.activations.tolist() == [[0, active]]
@@ -94,8 +97,8 @@ def test_gated_vs_original_denominator():
     seg[..., 2:] = 1
     cat = torch.tensor([-1, 0])
     img = torch.zeros(1, 0, dtype=torch.int32)
-    gated = ops.iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 1, category_gated=True)
-    original = ops.iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 1, category_gated=False)
+    gated = iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 1, category_gated=True)
+    original = iou_tally(acts, torch.tensor([0.5]), seg, img, cat, 1, category_gated=False)
     assert gated.activations.tolist() == [[0]]
     assert original.activations.tolist() == [[int((upsample_reference(acts, (2, 4)) > 0.5).sum())]]
 
@@ -124,7 +127,7 @@ def test_bad_inputs_are_named(gen, case):
     args = list(make_batch(gen))
     args[index] = replace(args[index])
     with pytest.raises(error, match=match):
-        ops.iou_tally(*args)
+        iou_tally(*args)
 
 
 def test_opcheck(gen):
@@ -138,9 +141,9 @@ def test_opcheck(gen):
 def test_cuda_counts_identical_to_cpu(gen, case):
     args = make_batch(gen, **CASES[case])
     for gated in (True, False):
-        cpu = ops.iou_tally(*args, category_gated=gated)
+        cpu = iou_tally(*args, category_gated=gated)
         cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-        cuda = ops.iou_tally(*cuda_args, category_gated=gated)
+        cuda = iou_tally(*cuda_args, category_gated=gated)
         for name, c, g in zip(cpu._fields, cpu, cuda):
             assert torch.equal(c, g.cpu()), (case, gated, name)
 
@@ -148,6 +151,6 @@ def test_cuda_counts_identical_to_cpu(gen, case):
 @requires_cuda
 def test_cuda_layer4_scale_equals_cpu(gen):
     args = make_batch(gen, B=16, U=512, h=7, w=7, P=4, S=(112, 112), Q=2, L=1200, C=6, q=0.005)
-    cpu = ops.iou_tally(*args)
-    cuda = ops.iou_tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
+    cpu = iou_tally(*args)
+    cuda = iou_tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
     assert all(torch.equal(c, g.cpu()) for c, g in zip(cpu, cuda))

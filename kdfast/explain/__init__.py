@@ -1,5 +1,10 @@
 """Explanations for e2KD: GradCAM (autograd at any layer, exact closed form at a pool + linear head), map
-resizing, and frozen (precomputed) teacher explanations with aligned augmentation."""
+resizing, and frozen (precomputed) teacher explanations with aligned augmentation.
+
+`kdfast.explain.gradcam` is the module (a package attribute never hides a submodule); the function is
+`kdfast.explain.gradcam.gradcam`.
+"""
+from kdfast.explain import gradcam
 from kdfast.explain.frozen import (
     ExplanationStore,
     FrozenExplanationDataset,
@@ -7,7 +12,7 @@ from kdfast.explain.frozen import (
     precompute_explanations,
     sample_box,
 )
-from kdfast.explain.gradcam import closed_form_cam, gradcam, pool_linear_cam, resize_maps
+from kdfast.explain.gradcam import closed_form_cam, pool_linear_cam, resize_maps
 
 __all__ = [
     "ExplanationStore",
