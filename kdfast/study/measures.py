@@ -1,0 +1,247 @@
+"""Measures taken on every run's checkpoint, plugged in by name.
+
+    from kdfast.study.measures import register_measure
+
+    @register_measure("my_measure", defaults={"limit": None}, needs_teacher=False)
+    def my_measure(ctx, options):            # ctx: MeasureContext, options: defaults updated by the study's
+        acc = ...                            # measures.my_measure mapping (unknown keys are an error)
+        return [{"metric": "my_metric", "value": acc}]   # optional keys: layer, quantile, iou_threshold, category
+
+A measure returns rows (one number each); the study writes them to <run>/measures/<name>.json and into the tidy
+CSV. `check(options, models)` (optional) runs before any training, on {run id: nn.Module with the run's
+architecture}, and raises StudyError for options that cannot work (e.g. a layer that does not exist).
+"""
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from kdfast.study import models as study_models
+from kdfast.study.schema import StudyError, hint
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    name: str
+    compute: object  # (MeasureContext, options) -> [row dicts]
+    defaults: dict
+    check: object = None  # (options, {run id: nn.Module}) -> None, raises StudyError
+    needs_teacher: bool = False
+
+
+MEASURES = {}
+
+
+def register_measure(name, defaults=None, check=None, needs_teacher=False, replace=False):
+    """Decorator registering `compute(ctx, options) -> rows` under `name` (see the module docstring)."""
+    def decorate(compute):
+        if name in MEASURES and not replace:
+            raise ValueError(f"measure '{name}' is already registered (pass replace=True to replace it)")
+        MEASURES[name] = Measure(name, compute, dict(defaults or {}), check, needs_teacher)
+        return compute
+    return decorate
+
+
+def get_measure(name, where=None):
+    if name not in MEASURES:
+        raise StudyError(f"{where or 'measures'}.{name}: unknown measure.{hint(name, MEASURES)} "
+                         f"Known measures: {', '.join(sorted(MEASURES))}")
+    return MEASURES[name]
+
+
+def resolve_options(name, options):
+    """The measure's defaults updated by the study's options; unknown option keys raise StudyError."""
+    measure = get_measure(name)
+    for key in options:
+        if key not in measure.defaults:
+            raise StudyError(f"measures.{name}.{key}: unknown option.{hint(key, measure.defaults)} Options of "
+                             f"'{name}': {', '.join(measure.defaults) or 'none'}")
+    return {**measure.defaults, **options}
+
+
+class MeasureContext:
+    """What a measure may ask about one run: the run, its checkpoint, its models and its data (loaded once)."""
+
+    def __init__(self, run, folder, device="cpu", teacher_run=None):
+        self.run, self.folder, self.device, self.teacher_run = run, Path(folder), device, teacher_run
+        self._student = None
+        self._data = {}
+        self._logits = {}
+
+    def student(self):
+        """(the student, taking [0, 1] images; its training config or {})."""
+        if self._student is None:
+            module, config = study_models.checkpoint_student(self.run.checkpoint, self.run.model, self.run.kwargs)
+            self._student = (study_models.normalised(module, config).to(self.device), config)
+        return self._student
+
+    def config(self):
+        return self.student()[1]
+
+    def teacher(self):
+        """The teacher (taking [0, 1] images) the run was trained with, else the study's teacher checkpoint."""
+        config = self.config()
+        teacher = study_models.checkpoint_teacher(config, self.data().num_classes)
+        if teacher is None and self.teacher_run is not None:
+            module, teacher_config = study_models.checkpoint_student(self.teacher_run.checkpoint,
+                                                                     self.teacher_run.model, self.teacher_run.kwargs)
+            teacher = study_models.normalised(module, teacher_config)
+        if teacher is None:
+            raise ValueError(f"run {self.run.id} has no teacher (none in its checkpoint's config, none in the study)")
+        return teacher.to(self.device)
+
+    def data(self, test_limit=None, train_limit=None, seed=0):
+        """EvalData of the run's validation (test) and training images (kdfast.evaluate)."""
+        from kdfast.evaluate.sources import data_of_run
+
+        key = (test_limit, train_limit, seed)
+        if key not in self._data:
+            if not self.config().get("data"):
+                raise ValueError(f"{self.run.checkpoint}: the checkpoint names no training data; cannot evaluate it")
+            self._data[key] = data_of_run(self.config(), test_limit=test_limit, train_limit=train_limit, seed=seed)
+        return self._data[key]
+
+    def logits(self, model_name, model, limit=None):
+        from kdfast.metrics.retrain import predict_logits
+
+        key = (model_name, limit)
+        if key not in self._logits:
+            self._logits[key] = predict_logits(model, self.data(limit).test_images.to(self.device)).cpu()
+        return self._logits[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Built-in measures
+
+
+@register_measure("accuracy", defaults={"limit": None})
+def accuracy(ctx, options):
+    """Top-1 accuracy on the run's validation images (`limit`: a seeded subset of that many)."""
+    logits = ctx.logits("student", ctx.student()[0], options["limit"])
+    labels = ctx.data(options["limit"]).test_labels
+    return [{"metric": "accuracy", "value": float((logits.argmax(1) == labels).double().mean())}]
+
+
+@register_measure("agreement", defaults={"limit": None}, needs_teacher=True)
+def agreement(ctx, options):
+    """Top-1 agreement with the teacher on the run's validation images."""
+    from kdfast.metrics.agreement import top1_agreement
+
+    student = ctx.logits("student", ctx.student()[0], options["limit"])
+    teacher = ctx.logits("teacher", ctx.teacher(), options["limit"])
+    return [{"metric": "agreement", "value": float(top1_agreement(student, teacher))}]
+
+
+def _layer_names(module):
+    return [name for name, _ in module.named_modules() if name]
+
+
+def check_layers(options, architectures):
+    for run_id, module in architectures.items():
+        names = _layer_names(module)
+        for layer in options["layers"]:
+            if layer not in names:
+                tops = [n for n in names if "." not in n]
+                raise StudyError(f"measures.dissect.layers: layer '{layer}' does not exist in run {run_id}'s model."
+                                 f"{hint(layer, names)} Its top-level modules: {', '.join(tops)}")
+
+
+def _broden(choice):
+    if choice == "world":
+        from kdfast.data.synthetic_world import world_broden
+
+        return str(world_broden())
+    return choice
+
+
+@register_measure("dissect", check=check_layers, defaults={
+    "layers": ["layer4"], "quantiles": [0.005], "iou_thresholds": [0.05], "iou_threshold": None, "broden": None,
+    "categories": None, "denominator": "lite", "batch_size": 32, "top_images": 5, "activation_cache_gb": 2.0})
+def dissect(ctx, options):
+    """Network dissection of the run's student (kdfast.dissect) into <run>/dissect/: detectors and distinct
+    concepts per layer × quantile × IoU threshold × category (and 'all')."""
+    from kdfast.dissect import DissectConfig
+    from kdfast.dissect import dissect as run_dissection
+
+    config = ctx.config()
+    mean, std = study_models.input_normalisation(config)
+    iou_thresholds = tuple(sorted(set(options["iou_thresholds"]) | ({options["iou_threshold"]} - {None})))
+    out = ctx.folder / "dissect"
+    result = run_dissection(DissectConfig(
+        model=study_models.dissect_model_spec(ctx.run.checkpoint, ctx.folder / "dissect_model"),
+        weights=str(ctx.run.checkpoint), layers=tuple(options["layers"]), broden=_broden(options["broden"]),
+        out=str(out), quantiles=tuple(options["quantiles"]),
+        iou_threshold=options["iou_threshold"] or options["iou_thresholds"][0], iou_thresholds=iou_thresholds,
+        categories=options["categories"], mean=mean, std=std, denominator=options["denominator"],
+        device="cuda" if str(ctx.device).startswith("cuda") else "cpu", batch_size=options["batch_size"],
+        top_images=options["top_images"], activation_cache_gb=options["activation_cache_gb"], progress=False))
+    rows = []
+    for layer, tallies in result.tallies.items():
+        for tally in tallies:
+            labels = tally.unit_labels()
+            for threshold in iou_thresholds:
+                found = tally.detectors(threshold, labels)
+                where = {"layer": layer, "quantile": tally.quantile, "iou_threshold": threshold}
+                names = tally.concepts.categories
+                for category in names:
+                    in_category = [u for u in found.units if names[u.category] == category]
+                    rows.append({**where, "category": category, "metric": "detectors", "value": len(in_category)})
+                    rows.append({**where, "category": category, "metric": "concepts",
+                                 "value": len({u.label for u in in_category})})
+                rows.append({**where, "category": "all", "metric": "detectors", "value": found.total})
+                rows.append({**where, "category": "all", "metric": "concepts", "value": found.unique})
+            rows.append({"layer": layer, "quantile": tally.quantile, "category": "all", "metric": "units",
+                         "value": tally.units})
+    return rows
+
+
+def _flatten(value, prefix):
+    """{dotted name: number} of the numbers in a nested result (lists indexed)."""
+    if isinstance(value, bool):
+        return {}
+    if isinstance(value, (int, float)):
+        return {prefix: float(value)} if math.isfinite(float(value)) else {prefix: float("nan")}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    flat = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}"))
+    return flat
+
+
+def _evaluate_metric(metric):
+    """A measure running one kdfast.evaluate metric on the run alone; its numbers become `metric.<path>` rows."""
+    def compute(ctx, options):
+        from kdfast.evaluate import EvalOptions, Evaluation
+
+        data = ctx.data(options["limit"], options["train_limit"], options["seed"])
+        eval_options = EvalOptions(**{**options["options"], "seed": options["seed"]})
+        teacher = ctx.teacher() if metric == "agreement" else None
+        evaluation = Evaluation({ctx.run.id: ctx.student()[0]}, data, ctx.folder / "evaluate" / metric, teacher,
+                                eval_options)
+        result = evaluation.run([metric], explicit=True)["metrics"][metric]
+        own = result.get("models", result).get(ctx.run.id, result) if isinstance(result, dict) else result
+        return [{"metric": name, "value": value} for name, value in sorted(_flatten(own, metric).items())]
+    return compute
+
+
+def _register_evaluate_metrics():
+    from kdfast.evaluate.pipeline import METRICS
+
+    for metric in METRICS:
+        if metric not in MEASURES:  # 'agreement' is the measure above
+            register_measure(metric, defaults={"limit": None, "train_limit": None, "seed": 0, "options": {}})(
+                _evaluate_metric(metric))
+
+
+_register_evaluate_metrics()
+
+
+def finite(value):
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def device_of(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
