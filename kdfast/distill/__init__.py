@@ -53,6 +53,7 @@ _LAZY_METHODS = {
     "e2kd_bcos": ("kdfast.distill.e2kd", "E2KDBcos"),
     "guided": ("kdfast.distill.guidance", "Guided"),
     "mixup": ("kdfast.distill.mixup", "Mixup"),
+    "multilabel_e2kd": ("kdfast.distill.multilabel_e2kd", "MultiLabelE2KD"),
 }
 METHOD_NAMES = tuple(_METHODS) + tuple(_LAZY_METHODS)
 

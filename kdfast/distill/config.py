@@ -43,8 +43,9 @@ class GenerateConfig:
 
 @dataclass
 class DataConfig:
-    type: str = _choices("imagefolder", "hierarchical", default="imagefolder")
+    type: str = _choices("imagefolder", "hierarchical", "waterbirds", "voc", default="imagefolder")
     # imagefolder: the folder holding <train_split>/ and <val_split>/ class folders.
+    # waterbirds, voc: the official layouts with boxes (kdfast.distill.task_data); data.synthetic generates one.
     # hierarchical: where to generate it; null = $KDFAST_CACHE (default ~/.cache/kdfast).
     root: typing.Optional[str] = None
     train_split: str = "train"
@@ -61,6 +62,11 @@ class DataConfig:
     few_shot: typing.Optional[int] = None  # train on N images per class (a seeded subset)
     few_shot_seed: int = 0
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # waterbirds / voc: parameters of kdfast.data.waterbirds.generate_waterbirds_style / kdfast.data.voc.
+    # generate_voc_style, which writes the set into root (null: the cache) on first use; null = use root as is.
+    synthetic: typing.Optional[dict] = None
+    # Data-free distillation: train on the (unlabelled) images under this folder instead of root's train split.
+    distill_images: typing.Optional[str] = None
 
 
 @dataclass
@@ -238,6 +244,10 @@ def validate(config):
     data = config.data
     if data.type == "imagefolder" and data.root is None:
         raise ConfigError("data.root: required for data.type imagefolder (a folder with train/ and val/)")
+    if data.type in ("waterbirds", "voc") and data.root is None and data.synthetic is None:
+        raise ConfigError(f"data.root: required for data.type {data.type} (or set data.synthetic to generate one)")
+    if data.synthetic is not None and data.type not in ("waterbirds", "voc"):
+        raise ConfigError(f"data.synthetic: only for data.type waterbirds or voc, not {data.type}")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale: expected [low, high] with 0 < low <= high <= 1, got {data.crop_scale}")
     for key in ("mean", "std"):

@@ -42,6 +42,8 @@ from kdfast.data.imagefolder import (
 )
 from kdfast.distill import build_method, method_class
 from kdfast.distill.config import ConfigError, dump_config
+from kdfast.distill.task_data import BOXED_TYPES, task_datasets
+from kdfast.metrics.multilabel import f1_from_counts, multilabel_counts
 from kdfast.distill.models import build_model
 from kdfast.distributed import ProcessGroup
 
@@ -222,6 +224,8 @@ def build_datasets(config, processes, progress):
     images are (image, target) pairs, randomly augmented, or deterministic (the evaluation transform) when
     frozen explanations will augment them together with the stored maps."""
     data = config.data
+    if data.type in BOXED_TYPES or data.distill_images is not None:  # the e2KD paper's settings
+        return task_datasets(config, processes, progress, build_datasets)
     root = dataset_root(data, processes, progress)
     norm = dict(normalize=data.normalize, mean=data.mean, std=data.std)
     val_tf = eval_transform(data.image_size, data.resize_size, **norm)
@@ -571,20 +575,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self):
-        """Top-1 accuracy on the validation set and top-1 agreement with the teacher (None without one)."""
+        """Top-1 accuracy on the validation set and top-1 agreement with the teacher (None without one).
+        Multi-label (B, C) targets: "val_acc" is the micro F1 (kdfast.metrics.multilabel; logits >= 0)."""
         self.student.eval()
         seen = correct = agree = 0
+        counts = [0, 0, 0]  # multi-label TP, FP, FN
         for batch in tqdm(self.val_loader, desc="validation", disable=not self.progress, leave=False):
             batch = _to_device(batch, self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = self.student(batch["images"])
                 teacher_logits = self.teacher(batch["images"]) if self.teacher is not None else None
             seen += len(logits)
-            correct += _count_top1(logits, batch["targets"])
+            if batch["targets"].dim() == 2:
+                counts = [a + b for a, b in zip(counts, multilabel_counts(logits.float(), batch["targets"])[:3])]
+            else:
+                correct += _count_top1(logits, batch["targets"])
             if teacher_logits is not None:
                 agree += _count_top1(logits, teacher_logits.argmax(dim=1))
-        seen, correct, agree = self.processes.sum([seen, correct, agree])
-        return {"val_acc": correct / seen, "val_agreement": agree / seen if self.teacher is not None else None}
+        seen, correct, agree, *counts = self.processes.sum([seen, correct, agree] + counts)
+        multilabel = any(counts)
+        accuracy = f1_from_counts(*counts) if multilabel else correct / seen
+        return {"val_acc": accuracy, "val_agreement": agree / seen if self.teacher is not None else None}
 
     def fit(self):
         try:
