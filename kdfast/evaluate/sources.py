@@ -65,10 +65,12 @@ def data_of_run(config, image_size=None, test_limit=None, train_limit=None, seed
     """The validation (test) and training images a distillation config trained on."""
     data = config["data"]
     root = data.get("root")
-    if data["type"] == "hierarchical":
+    if data["type"] in ("hierarchical", "world"):  # generated datasets: built (or found cached) as in training
         from kdfast.data.hierarchical import hierarchical_dataset
+        from kdfast.data.synthetic_world import world_dataset
 
-        root = hierarchical_dataset(root=root, progress=False, **data["generate"])
+        make = {"hierarchical": hierarchical_dataset, "world": world_dataset}[data["type"]]
+        root = make(root=root, progress=False, **data["generate"])
     if root is None:
         raise ValueError("the checkpoint's config names no data.root; pass --data or --imagefolder")
     return image_folder_data(root, image_size or data["image_size"], data["val_split"], data["train_split"],
