@@ -204,23 +204,25 @@ def _label_png(plane):
 class _LabelStats:
     """Per label and category: images it occurs in and its coverage (summed fraction of image pixels)."""
 
-    def __init__(self):
-        self.images = np.zeros((len(LABEL_NAMES), len(CATEGORIES)), dtype=np.int64)
-        self.coverage = np.zeros((len(LABEL_NAMES), len(CATEGORIES)), dtype=np.float64)
-        self.any_category_images = np.zeros(len(LABEL_NAMES), dtype=np.int64)
-        self.category_images = np.zeros(len(CATEGORIES), dtype=np.int64)
+    def __init__(self, label_count, categories):
+        self.categories = tuple(categories)
+        self.images = np.zeros((label_count, len(categories)), dtype=np.int64)
+        self.coverage = np.zeros((label_count, len(categories)), dtype=np.float64)
+        self.any_category_images = np.zeros(label_count, dtype=np.int64)
+        self.category_images = np.zeros(len(categories), dtype=np.int64)
 
     def add(self, planes, image_labels):
-        seen = np.zeros((len(LABEL_NAMES), len(CATEGORIES)), dtype=bool)
+        label_count = len(self.any_category_images)
+        seen = np.zeros((label_count, len(self.categories)), dtype=bool)
         for category, category_planes in planes.items():
-            c = CATEGORIES.index(category)
+            c = self.categories.index(category)
             pixels = np.concatenate([p.ravel() for p in category_planes])
-            counts = np.bincount(pixels, minlength=len(LABEL_NAMES))
+            counts = np.bincount(pixels, minlength=label_count)
             counts[0] = 0
             seen[:, c] |= counts > 0
             self.coverage[:, c] += counts / category_planes[0].size
         for category, labels in image_labels.items():
-            c = CATEGORIES.index(category)
+            c = self.categories.index(category)
             seen[labels, c] = True
             self.coverage[labels, c] += 1.0
         self.images += seen
@@ -235,51 +237,54 @@ def _write_csv(path, header, rows):
         writer.writerows(rows)
 
 
-def _write_label_files(out, stats):
-    members = {c: [n for n in range(1, len(LABEL_NAMES)) if c in LABEL_CATEGORIES[n]] for c in CATEGORIES}
+def _write_label_files(out, stats, label_names, label_categories):
+    categories = stats.categories
+    members = {c: [n for n in range(1, len(label_names)) if c in label_categories[n]] for c in categories}
     _write_csv(
         out / "category.csv",
         CATEGORY_HEADER,
         [
             (c, min(members[c]), max(members[c]), len(members[c]), stats.category_images[k])
-            for k, c in enumerate(CATEGORIES)
+            for k, c in enumerate(categories)
         ],
     )
     label_rows = []
-    for n in range(1, len(LABEL_NAMES)):
-        field = ";".join(f"{c}({stats.images[n, CATEGORIES.index(c)]})" for c in LABEL_CATEGORIES[n])
+    for n in range(1, len(label_names)):
+        field = ";".join(f"{c}({stats.images[n, categories.index(c)]})" for c in label_categories[n])
         coverage = stats.coverage[n].sum()
-        label_rows.append((n, LABEL_NAMES[n], field, stats.any_category_images[n], f"{coverage:.6f}", ""))
+        label_rows.append((n, label_names[n], field, stats.any_category_images[n], f"{coverage:.6f}", ""))
     _write_csv(out / "label.csv", LABEL_HEADER, label_rows)
-    for k, c in enumerate(CATEGORIES):
+    for k, c in enumerate(categories):
         rows = [
-            (code, n, LABEL_NAMES[n], stats.images[n, k], f"{stats.coverage[n, k]:.6f}")
+            (code, n, label_names[n], stats.images[n, k], f"{stats.coverage[n, k]:.6f}")
             for code, n in enumerate(members[c], start=1)
         ]
         _write_csv(out / f"c_{c}.csv", CATEGORY_LABEL_HEADER, rows)
 
 
-def synthetic_broden(out, images=64, size=224, seed=0, progress=True):
-    """Writes a synthetic Broden with `images` images (JPEG, size x size; PNG segmentations at size/2) into the
-    new or empty folder `out` and returns its path. Deterministic for a seed."""
+def write_broden(out, sample, images, size, label_names, label_categories, categories=CATEGORIES, progress=True,
+                 desc="synthetic Broden"):
+    """Writes `images` samples into the new or empty folder `out` in the broden1_224 layout and returns its path.
+
+    `sample(i)` gives (uint8 image (size, size, 3), {pixel category: [label planes (size/2, size/2)]},
+    {image-level category: [label numbers]}, split); `label_names[n]` / `label_categories[n]` name global label
+    n (0 = unlabeled) and its categories. Used by this module's shapes and by kdfast.data.synthetic_world."""
     if int(images) < 1:
         raise ValueError(f"images must be at least 1, got {images}")
     if int(size) < 16 or int(size) % 2:
         raise ValueError(f"size must be an even number >= 16 (segmentations are size/2), got {size}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder; pick a new --out")
     folder = "synthetic"
     (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     seg = size // 2
-    stats = _LabelStats()
+    stats = _LabelStats(len(label_names), categories)
     with open(out / "index.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(INDEX_META_COLUMNS + CATEGORIES)
-        for i in tqdm(range(images), disable=not progress, desc="synthetic Broden", unit="img"):
-            image, planes, image_labels, split = synthetic_sample(i, size, seed)
+        writer.writerow(INDEX_META_COLUMNS + tuple(categories))
+        for i in tqdm(range(images), disable=not progress, desc=desc, unit="img"):
+            image, planes, image_labels, split = sample(i)
             base = f"{folder}/syn_{i:06d}"
             Image.fromarray(image).save(out / "images" / f"{base}.jpg", quality=90)
             cells = {}
@@ -292,10 +297,19 @@ def synthetic_broden(out, images=64, size=224, seed=0, progress=True):
                 cells[category] = ";".join(names)
             for category, labels in image_labels.items():
                 cells[category] = ";".join(map(str, labels))
-            writer.writerow([f"{base}.jpg", split, size, size, seg, seg] + [cells.get(c, "") for c in CATEGORIES])
+            writer.writerow([f"{base}.jpg", split, size, size, seg, seg] + [cells.get(c, "") for c in categories])
             stats.add(planes, image_labels)
-    _write_label_files(out, stats)
+    _write_label_files(out, stats, label_names, label_categories)
     return out
+
+
+def synthetic_broden(out, images=64, size=224, seed=0, progress=True):
+    """Writes a synthetic Broden with `images` images (JPEG, size x size; PNG segmentations at size/2) into the
+    new or empty folder `out` and returns its path. Deterministic for a seed."""
+    if int(seed) < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return write_broden(out, lambda i: synthetic_sample(i, size, seed), images, size, LABEL_NAMES, LABEL_CATEGORIES,
+                        progress=progress)
 
 
 def default_broden(cache_root=None):

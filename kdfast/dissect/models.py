@@ -1,14 +1,11 @@
-"""The model under dissection: building it from a spec, loading its weights, normalising its input and
-recording the activations of chosen layers with forward hooks."""
-import difflib
+"""The model under dissection: normalising its input and recording the activations of chosen layers with forward
+hooks (models are built and their weights loaded by kdfast.models.registry)."""
 import hashlib
-import importlib.util
-import pickle
-import re
-from pathlib import Path
 
 import torch
-from torch import nn
+
+# The builders and the weights loader live in the one model registry; imported here for the dissection's callers.
+from kdfast.models.registry import build_model, load_weights, split_file_spec  # noqa: F401
 
 # Per-channel mean/std on the 0..1 scale, applied as (pixel/255 − mean)/std.
 PREPROCESS = {
@@ -26,137 +23,6 @@ def file_digest(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def split_file_spec(spec):
-    """('path/to/file.py', 'callable') for a `file.py:callable` spec, else None."""
-    path, sep, name = spec.rpartition(":")
-    if sep and path.endswith(".py"):
-        return Path(path), name
-    return None
-
-
-def _from_file(path, name):
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist (from model spec '{path}:{name}')")
-    module_spec = importlib.util.spec_from_file_location(f"kdfast_model_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise ValueError(f"{path} has no callable '{name}'; callables defined there: {', '.join(found) or 'none'}")
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{path}:{name}() returned {type(model).__name__}, expected a torch.nn.Module")
-    return model
-
-
-def _from_timm(name):
-    try:
-        import timm
-    except ImportError:
-        return None
-    if name not in timm.list_models():
-        return None
-    return timm.create_model(name, pretrained=False)
-
-
-def build_model(spec):
-    """nn.Module for a torchvision model name (random init), a timm model name (when timm is installed) or
-    `path/to/file.py:callable` (a function of no arguments returning the model)."""
-    file_spec = split_file_spec(spec)
-    if file_spec is not None:
-        return _from_file(*file_spec)
-    torchvision_names = _torchvision_names()
-    if spec in torchvision_names:
-        import torchvision
-
-        return torchvision.models.get_model(spec, weights=None)
-    model = _from_timm(spec)
-    if model is not None:
-        return model
-    close = difflib.get_close_matches(spec, torchvision_names, n=5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    timm_note = "" if importlib.util.find_spec("timm") else " (timm is not installed, so timm names are unavailable)"
-    raise ValueError(
-        f"unknown model '{spec}': not a torchvision model name, nor a timm model name{timm_note}, nor "
-        f"'path/to/file.py:callable'.{hint}"
-    )
-
-
-def _torchvision_names():
-    import torchvision
-
-    return torchvision.models.list_models()
-
-
-def _state_dict_of(checkpoint, path):
-    """The state dict inside a checkpoint: the object itself, or its 'model' / 'state_dict' entry."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(checkpoint).__name__}")
-    for key in ("model", "state_dict"):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            checkpoint = checkpoint[key]
-            break
-    non_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
-    if non_tensors:
-        raise ValueError(
-            f"{path}: not a state dict (entries {non_tensors[:8]} are not tensors); expected a state dict or a "
-            "checkpoint holding one under 'model' or 'state_dict'"
-        )
-    if checkpoint and all(k.startswith("module.") for k in checkpoint):  # saved from a DDP-wrapped model
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
-    return checkpoint
-
-
-def _listing(keys, limit=20):
-    keys = sorted(keys)
-    more = f" … and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def load_weights(model, path, trust=False):
-    """Loads a state dict (or a torchdistill-style checkpoint holding one) into `model`, strictly.
-
-    `trust=True` unpickles arbitrary objects (weights_only=False), which torchdistill checkpoints holding
-    argparse namespaces need; only for files you trust.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):  # torch.save: zip, or legacy pickle
-        raise ValueError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if trust:
-            raise ValueError(f"{path}: cannot unpickle the checkpoint ({exc})") from exc
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f"an object of type {refused.group(1)}" if refused else "objects other than tensors and plain containers"
-        raise ValueError(
-            f"{path}: the checkpoint holds {what}, which safe loading (weights_only=True) refuses. If you "
-            "trust the file, pass --trust-weights to load it with weights_only=False."
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    state = _state_dict_of(checkpoint, path)
-    expected = model.state_dict()
-    missing = expected.keys() - state.keys()
-    unexpected = state.keys() - expected.keys()
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit the model: missing keys [{_listing(missing)}], unexpected keys "
-            f"[{_listing(unexpected)}]"
-        )
-    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state.items()
-             if v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"{path} does not fit the model: shape mismatches: {'; '.join(wrong[:10])}")
-    model.load_state_dict(state)
-    return model
 
 
 class Normalizer:

@@ -31,7 +31,8 @@ def _choices(*values, default):
 
 @dataclass
 class GenerateConfig:
-    """The generated hierarchical dataset (data.type: hierarchical), see kdfast.data.hierarchical."""
+    """The generated datasets (data.type: hierarchical, see kdfast.data.hierarchical; data.type: world, see
+    kdfast.data.synthetic_world): superclasses x subclasses classes, images per class and split, size, seed."""
 
     superclasses: int = 3
     subclasses: int = 4
@@ -43,10 +44,10 @@ class GenerateConfig:
 
 @dataclass
 class DataConfig:
-    type: str = _choices("imagefolder", "hierarchical", "waterbirds", "voc", default="imagefolder")
+    type: str = _choices("imagefolder", "hierarchical", "world", "waterbirds", "voc", default="imagefolder")
     # imagefolder: the folder holding <train_split>/ and <val_split>/ class folders.
     # waterbirds, voc: the official layouts with boxes (kdfast.distill.task_data); data.synthetic generates one.
-    # hierarchical: where to generate it; null = $KDFAST_CACHE (default ~/.cache/kdfast).
+    # hierarchical, world: where to generate it; null = $KDFAST_CACHE (default ~/.cache/kdfast).
     root: typing.Optional[str] = None
     train_split: str = "train"
     val_split: str = "val"
