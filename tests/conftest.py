@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; scripts/gpu_check.py runs exactly these (-m cuda)")
+
+
+def requires_cuda(test):
+    """Marks a test `cuda` (selected by scripts/gpu_check.py) and skips it where no GPU is present."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 # Every test draws its random inputs from a seed derived from its node id: inputs differ between tests and
 # are the same in every run, process, order and thread count, so a failure can be reproduced by rerunning the

@@ -253,6 +253,7 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_triton_kernel_under_interpreter():
     """The CUDA path's Triton kernel, run on CPU tensors by Triton's interpreter (set before triton imports)."""
     script = r"""
+import triton_gpu_scalars  # Python float arguments arrive as float32, as on a GPU
 import torch
 from kdfast.ops import bcos_conv as ops
 from kdfast.ops.triton.bcos_conv import bcos_conv2d_triton
@@ -263,6 +264,7 @@ cases = [  # (N, C, H, W, O, kernel, stride, padding, dilation, groups, max_out,
     (1, 6, 8, 8, 3, (7, 7), (2, 2), (3, 3), (1, 1), 1, 1, 2.0),  # the stem
     (1, 2, 9, 8, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, 2.0),  # > BLOCK_P positions
     (2, 3, 5, 5, 40, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 3.0),   # > BLOCK_O channels
+    (1, 3, 6, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, 2.3),    # b - 1 is no float32 number
 ]
 for dtype, tol, todo in ((torch.float64, 1e-12, cases), (torch.float32, 1e-5, cases[:2])):
     for n, c, h, w, o, k, s, p, d, g, m, b in todo:
@@ -277,7 +279,8 @@ for dtype, tol, todo in ((torch.float64, 1e-12, cases), (torch.float32, 1e-5, ca
             assert err <= tol * wt.abs().max().item(), (dtype, (n, c, h, w, o, k), name, err)
 print("ok")
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -230,10 +230,12 @@ def test_the_kernel_checks_direct_calls(gen):
 
 TRITON_CHECK = textwrap.dedent(
     """
+    import triton_gpu_scalars  # Python float arguments arrive as float32, as on a GPU
     import torch
     from test_kd_explain_loss import direct
     from kdfast.ops.triton.kd_explain_loss import kd_explain_loss_backward, kd_explain_loss_forward
     gen = torch.Generator().manual_seed(0)
+    T, lam, eps = 2.3, 0.7, 1.1e-8  # none is a float32 number: float64 must not see them rounded
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
         for B, K, N in ((1, 1, 1), (3, 10, 49), (2, 2100, 2 * 2048 + 3)):
             s = torch.randn(B, K, generator=gen, dtype=dtype) * 3
@@ -241,10 +243,10 @@ TRITON_CHECK = textwrap.dedent(
             u = torch.rand(B, N, generator=gen, dtype=dtype)
             v = torch.randn(B, N, generator=gen, dtype=dtype)
             u[0] = 0 if N > 1 else u[0]  # a zero student map: the eps branch
-            kd, ex, stats = kd_explain_loss_forward(s, t, u, v, 4.0, 2.0, 1e-8)
+            kd, ex, stats = kd_explain_loss_forward(s, t, u, v, T, lam, eps)
             gs, gu = kd_explain_loss_backward(torch.tensor(0.7, dtype=dtype), torch.tensor(1.3, dtype=dtype),
-                                              s, t, u, v, stats, 4.0, 2.0, 1e-8)
-            want_kd, want_ex, want_gs, want_gu = direct(s, t, u, v, 4.0, 2.0)
+                                              s, t, u, v, stats, T, lam, eps)
+            want_kd, want_ex, want_gs, want_gu = direct(s, t, u, v, T, lam, eps)
             assert abs(kd.item() - want_kd) <= tol * max(1, want_kd), (dtype, B, K, N, kd.item(), want_kd)
             assert abs(ex.item() - want_ex) <= tol * max(1, want_ex), (dtype, B, K, N, ex.item(), want_ex)
             scale_s, scale_u = want_gs.abs().max().item(), want_gu.abs().max().item()

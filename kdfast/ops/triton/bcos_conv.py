@@ -12,21 +12,32 @@ import triton
 import triton.language as tl
 
 from kdfast.ops.bcos_conv import COS_EPS, NORM_EPS
+from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, scalars
 
 _BLOCK_C = 16
 _BLOCK_O = 32
 
 
 @triton.jit
-def _bcos_epilogue_kernel(x_ptr, lin_ptr, out_ptr, norm_ptr, H, W, Ho, Wo, G, Cg, Og,
-                          stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, b_minus_1, norm_eps, cos_eps,
+def _bcos_epilogue_kernel(x_ptr, lin_ptr, out_ptr, norm_ptr, H, W, Ho, Wo, G, Cg, Og, ng0,
+                          stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, b_minus_1_arg, norm_eps_arg, cos_eps_arg,
                           KH: tl.constexpr, KW: tl.constexpr, MAX_OUT: tl.constexpr, B_IS_TWO: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, ACC: tl.constexpr):
-    ng = tl.program_id(0).to(tl.int64)  # sample * G + group
+                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr, ACC: tl.constexpr,
+                          SCALARS_IN_MEMORY: tl.constexpr):
+    if SCALARS_IN_MEMORY:  # float64: the scalars as float64 tensors (Python floats would arrive as float32)
+        b_minus_1 = tl.load(b_minus_1_arg)
+        norm_eps = tl.load(norm_eps_arg)
+        cos_eps = tl.load(cos_eps_arg)
+    else:
+        b_minus_1 = b_minus_1_arg
+        norm_eps = norm_eps_arg
+        cos_eps = cos_eps_arg
+    # Positions on grid axis 0 (up to 2^31 - 1 programs), (sample, group) on axis 1 from ng0 on.
+    ng = ng0 + tl.program_id(1).to(tl.int64)  # sample * G + group
     n = ng // G
     g = ng % G
     P = Ho * Wo
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = p < P
     ho = p // Wo
     wo = p % Wo
@@ -86,12 +97,15 @@ def bcos_conv2d_triton(input, weight, stride, padding, dilation, groups, max_out
     if out.numel() == 0:
         return out, linear, norm
     block_p = 64 if positions >= 1024 else 32
-    grid = (n * groups, triton.cdiv(positions, block_p))
-    _bcos_epilogue_kernel[grid](
-        x, linear, out, norm, h, w, ho, wo, groups, c // groups, out_channels // groups,
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], float(b) - 1.0, NORM_EPS, COS_EPS,
-        KH=weight.shape[2], KW=weight.shape[3], MAX_OUT=max_out, B_IS_TWO=float(b) == 2.0,
-        BLOCK_P=block_p, BLOCK_C=_BLOCK_C, BLOCK_O=_BLOCK_O,
-        ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
-    )
+    scalar_args, in_memory = scalars(x, float(b) - 1.0, NORM_EPS, COS_EPS)
+    with device_of(x):
+        for ng0 in range(0, n * groups, MAX_GRID_YZ):  # tiles of at most 65535 (sample, group) pairs
+            grid = (triton.cdiv(positions, block_p), min(MAX_GRID_YZ, n * groups - ng0))
+            _bcos_epilogue_kernel[grid](
+                x, linear, out, norm, h, w, ho, wo, groups, c // groups, out_channels // groups, ng0,
+                stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], *scalar_args,
+                KH=weight.shape[2], KW=weight.shape[3], MAX_OUT=max_out, B_IS_TWO=float(b) == 2.0,
+                BLOCK_P=block_p, BLOCK_C=_BLOCK_C, BLOCK_O=_BLOCK_O,
+                ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, SCALARS_IN_MEMORY=in_memory,
+            )
     return out, linear, norm

@@ -11,14 +11,20 @@ import triton
 import triton.language as tl
 
 from kdfast.ops.kd_explain_loss import STATS_COLUMNS, check_loss_inputs
+from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, scalars
 
 _MAX_BLOCK = 2048
 
 
 @triton.jit
-def _forward_kernel(s_logits, t_logits, s_maps, t_maps, stats, row_kl, K, N, T,
-                    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STATS: tl.constexpr, ACC: tl.constexpr):
+def _forward_kernel(s_logits, t_logits, s_maps, t_maps, stats, row_kl, K, N, T_arg,
+                    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STATS: tl.constexpr, ACC: tl.constexpr,
+                    SCALARS_IN_MEMORY: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    if SCALARS_IN_MEMORY:  # float64: T as a float64 tensor (a Python float would arrive as float32)
+        T = tl.load(T_arg)
+    else:
+        T = T_arg
     offs_k = tl.arange(0, BLOCK_K)
     max_s = tl.full([BLOCK_K], float("-inf"), ACC)
     max_t = tl.full([BLOCK_K], float("-inf"), ACC)
@@ -69,9 +75,17 @@ def _forward_kernel(s_logits, t_logits, s_maps, t_maps, stats, row_kl, K, N, T,
 
 @triton.jit
 def _backward_kernel(grad_kd, grad_explanation, s_logits, t_logits, s_maps, t_maps, stats, grad_logits, grad_maps,
-                     B, K, N, T, lam, eps,
-                     BLOCK: tl.constexpr, NUM_STATS: tl.constexpr, ACC: tl.constexpr):
+                     B, K, N, T_arg, lam_arg, eps_arg,
+                     BLOCK: tl.constexpr, NUM_STATS: tl.constexpr, ACC: tl.constexpr, SCALARS_IN_MEMORY: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    if SCALARS_IN_MEMORY:  # float64: T, lam, eps as float64 tensors (Python floats would arrive as float32)
+        T = tl.load(T_arg)
+        lam = tl.load(lam_arg)
+        eps = tl.load(eps_arg)
+    else:
+        T = T_arg
+        lam = lam_arg
+        eps = eps_arg
     block = tl.program_id(1)
     logit_blocks = tl.cdiv(K, BLOCK)
     row = stats + b * NUM_STATS
@@ -121,10 +135,13 @@ def kd_explain_loss_forward(student_logits, teacher_logits, student_maps, teache
     N = s_maps.shape[1]
     stats = s_logits.new_empty(B, len(STATS_COLUMNS))
     row_kl = s_logits.new_empty(B)
-    _forward_kernel[(B,)](
-        s_logits, t_logits, s_maps, t_maps, stats, row_kl, K, N, T,
-        BLOCK_K=_block(K), BLOCK_N=_block(N), NUM_STATS=len(STATS_COLUMNS), ACC=_accumulator(s_logits.dtype),
-    )
+    (T_arg,), in_memory = scalars(s_logits, T)
+    with device_of(s_logits):
+        _forward_kernel[(B,)](
+            s_logits, t_logits, s_maps, t_maps, stats, row_kl, K, N, T_arg,
+            BLOCK_K=_block(K), BLOCK_N=_block(N), NUM_STATS=len(STATS_COLUMNS), ACC=_accumulator(s_logits.dtype),
+            SCALARS_IN_MEMORY=in_memory,
+        )
     cos = stats[:, 6] / (stats[:, 4].clamp_min(eps) * stats[:, 5].clamp_min(eps))
     return T * T * row_kl.mean(), lam * (1.0 - cos).mean(), stats
 
@@ -143,9 +160,14 @@ def kd_explain_loss_backward(grad_kd, grad_explanation, student_logits, teacher_
     grad_maps = torch.empty_like(s_maps)
     block = _block(max(K, N))
     grid = (B, triton.cdiv(K, block) + triton.cdiv(N, block))
-    _backward_kernel[grid](
-        grad_kd.reshape(()), grad_explanation.reshape(()), s_logits, t_logits, s_maps, t_maps, stats.contiguous(),
-        grad_logits, grad_maps, B, K, N, T, lam, eps,
-        BLOCK=block, NUM_STATS=len(STATS_COLUMNS), ACC=_accumulator(s_logits.dtype),
-    )
+    if grid[1] > MAX_GRID_YZ:
+        raise ValueError(f"kdfast.kd_explain_loss_backward (Triton): K = {K} and N = {N} need {grid[1]} blocks of "
+                         f"{block} per row, more than the {MAX_GRID_YZ} a launch allows")
+    (T_arg, lam_arg, eps_arg), in_memory = scalars(s_logits, T, lam, eps)
+    with device_of(s_logits):
+        _backward_kernel[grid](
+            grad_kd.reshape(()), grad_explanation.reshape(()), s_logits, t_logits, s_maps, t_maps, stats.contiguous(),
+            grad_logits, grad_maps, B, K, N, T_arg, lam_arg, eps_arg,
+            BLOCK=block, NUM_STATS=len(STATS_COLUMNS), ACC=_accumulator(s_logits.dtype), SCALARS_IN_MEMORY=in_memory,
+        )
     return grad_logits, grad_maps
