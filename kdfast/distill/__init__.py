@@ -54,6 +54,8 @@ _LAZY_METHODS = {
     "guided": ("kdfast.distill.guidance", "Guided"),
     "mixup": ("kdfast.distill.mixup", "Mixup"),
     "multilabel_e2kd": ("kdfast.distill.multilabel_e2kd", "MultiLabelE2KD"),
+    "catkd": ("kdfast.distill.prior_work", "CATKD"),
+    "reviewkd": ("kdfast.distill.prior_work", "ReviewKD"),
 }
 METHOD_NAMES = tuple(_METHODS) + tuple(_LAZY_METHODS)
 
