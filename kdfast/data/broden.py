@@ -700,25 +700,31 @@ class PackedBroden(torch.utils.data.Dataset):
             "indices": torch.tensor([item["index"] for item in items], dtype=torch.int64),
         }
 
-    def batch(self, indices):
+    def batch(self, indices, images=True, labels=True):
+        """{"images": uint8 (B, 3, ih, iw), "seg": int32 (B, P, sh, sw), "image_labels": int32 (B, Q),
+        "indices": int64 (B,)} of the images at `indices`; images=False / labels=False leave out the images /
+        the label planes and image-level labels (a dissection's pass 1 needs only images, pass 2 on stored
+        activations only labels)."""
         indices = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):
             raise TypeError(f"indices must be a 1-D sequence of integers, got {indices.dtype} of shape {indices.shape}")
         if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
             raise IndexError(f"indices must lie in [{-len(self)}, {len(self)}), got {indices.min()}..{indices.max()}")
         indices = indices.astype(np.int64) % len(self)
+        out = {"indices": torch.from_numpy(indices)}
+        if images:
+            out["images"] = torch.from_numpy(np.ascontiguousarray(self._images[indices].transpose(0, 3, 1, 2)))
+        if not labels:
+            return out
         starts, ends = self._offsets[indices], self._offsets[indices + 1]
         plane_counts = ends - starts
         seg = np.zeros((len(indices), int(plane_counts.max(initial=0))) + self.seg_size, dtype=np.int32)
         for b in range(len(indices)):
             seg[b, : plane_counts[b]] = self._planes[starts[b] : ends[b]]
         width = int(self._label_counts[indices].max(initial=0))
-        return {
-            "images": torch.from_numpy(np.ascontiguousarray(self._images[indices].transpose(0, 3, 1, 2))),
-            "seg": torch.from_numpy(seg),
-            "image_labels": torch.from_numpy(np.array(self._labels[indices, :width], dtype=np.int32)),
-            "indices": torch.from_numpy(indices),
-        }
+        out["seg"] = torch.from_numpy(seg)
+        out["image_labels"] = torch.from_numpy(np.array(self._labels[indices, :width], dtype=np.int32))
+        return out
 
     def image(self, i):
         return np.array(self._images[self._check_index(i)])

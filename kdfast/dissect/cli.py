@@ -2,19 +2,24 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
+from kdfast.data.broden import BrodenFormatError
 from kdfast.dissect.config import DissectConfig, parse_values
 from kdfast.dissect.models import PREPROCESS
 from kdfast.dissect.pipeline import dissect, pack_broden
 
 USAGE = r"""Network dissection of a model's layers over Broden.
 
-With no arguments: a random-init torchvision resnet18 at layer4 over the small synthetic Broden, into
-./dissect_out. Under torchrun the images are sharded across ranks and rank 0 writes the results.
+With no arguments: the synthetic world's default trained model (kdfast.models.world, trained once and cached)
+at layer4 over the world's synthetic Broden, into ./dissect_out. A trainer checkpoint (best.pt) given as
+--weights names its own architecture and input normalisation, so --model and --preprocess may be left out.
+Under torchrun the images are sharded across ranks and rank 0 writes the results.
 
 examples:
   python scripts/dissect.py --model resnet18 --weights ckpt.pth --layers layer3 layer4 \
       --broden broden1_224 --out runs/r18 --preprocess lite
+  python scripts/dissect.py --weights runs/distill/kd/best.pt --layers layer3 layer4
   python scripts/dissect.py --model my_models.py:build --layers features.8 \
       --quantiles 0.001:0.010:0.001 --iou-thresholds 0.01:0.05:0.01
   torchrun --nproc_per_node 4 scripts/dissect.py --device cuda --broden broden1_224 --out runs/r18
@@ -31,13 +36,16 @@ USER_ERRORS = (ValueError, FileNotFoundError)  # BrodenFormatError and RunMismat
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="dissect.py", description=USAGE,
                                 formatter_class=_HelpFormatter)
-    p.add_argument("--model", default="resnet18",
-                   help="torchvision model name, timm model name (if timm is installed) or path/to/file.py:callable")
-    p.add_argument("--weights", help="state dict, or a checkpoint holding one under 'model'/'state_dict'")
+    p.add_argument("--model",
+                   help="torchvision model name, timm model name (if timm is installed), path/to/file.py:callable or "
+                        "package.module:callable (default: the checkpoint's own with a trainer --weights; with neither, "
+                        "the synthetic world's default model)")
+    p.add_argument("--weights", help="state dict, or a checkpoint holding one under 'model'/'state_dict'; a trainer "
+                                     "checkpoint (best.pt) also names its model and normalisation")
     p.add_argument("--trust-weights", action="store_true",
                    help="unpickle arbitrary objects in --weights (torch.load weights_only=False); trusted files only")
     p.add_argument("--layers", nargs="+", default=["layer4"], help="module names to dissect (one forward pass)")
-    p.add_argument("--broden", help="Broden directory (broden1_224 layout); default: a small synthetic Broden")
+    p.add_argument("--broden", help="Broden directory (broden1_224 layout); default: the synthetic world's Broden")
     p.add_argument("--broden-cache", help="folder for the packed Broden (default: <broden>/.kdfast_cache)")
     p.add_argument("--out", default="dissect_out", help="output folder")
     q = p.add_mutually_exclusive_group()
@@ -46,8 +54,9 @@ def parse_args(argv):
     p.add_argument("--iou-threshold", type=float, default=0.05, help="IoU for a detector (summary and report)")
     p.add_argument("--iou-thresholds", help="IoU thresholds for sweep.csv: 'start:stop:step' or a comma list")
     p.add_argument("--categories", nargs="+", help="Broden categories to use (default: all)")
-    p.add_argument("--preprocess", choices=sorted(PREPROCESS), default="imagenet",
-                   help="input normalisation preset; 'lite' reproduces NetDissect-Lite's")
+    p.add_argument("--preprocess", choices=sorted(PREPROCESS),
+                   help="input normalisation preset; 'lite' reproduces NetDissect-Lite's (default: a trainer "
+                        "checkpoint's own normalisation, else imagenet)")
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="override the preset's mean (0..1)")
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="override the preset's std (0..1)")
     p.add_argument("--denominator", choices=["lite", "netdissect"], default="lite",
@@ -57,6 +66,13 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in this process)")
     p.add_argument("--activation-cache-gb", type=float, default=2.0,
                    help="keep pass 1's activations in memory for pass 2 when they fit in this many GiB (0: never)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run the forward pass in channels_last memory format (changes activations in the last bits)")
+    p.add_argument("--autocast", choices=["bfloat16", "float16"],
+                   help="autocast the forward pass to this dtype (faster where the hardware has it; changes results)")
+    p.add_argument("--activation-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype activations are stored in between the passes; thresholds and tallies use the stored "
+                        "values")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N batches (default: by time)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="checkpoint interval in seconds when --checkpoint-every is not given")
@@ -68,19 +84,55 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def resolve_model(args):
+    """(model spec, weights, broden, (mean, std)) from --model/--weights/--broden/--preprocess: a trainer
+    checkpoint names its own model and normalisation (an explicit --model must agree with it, checked here before
+    any work); with neither --model nor --weights, the synthetic world's default model and its Broden."""
+    from kdfast.data.synthetic_world import world_broden
+    from kdfast.models.registry import checkpoint_info
+    from kdfast.models.world import default_world_checkpoint
+
+    model, weights, broden = args.model, args.weights, args.broden
+    if model is None and weights is None:
+        broden = broden or str(world_broden(progress=not args.quiet))
+        if args.pack_only:  # only the Broden is needed
+            return "-", None, broden, PREPROCESS["imagenet"]
+        weights = str(default_world_checkpoint(progress=not args.quiet))
+    norm = PREPROCESS[args.preprocess or "imagenet"]
+    info = checkpoint_info(weights, trust=args.trust_weights) if weights is not None else None
+    if info is not None:
+        if model is not None and model != info.spec:
+            raise ValueError(f"--model {model} does not match --weights {weights}, which holds a '{info.spec}' model "
+                             f"(kwargs {info.kwargs}); drop --model to use the checkpoint's own")
+        if info.input_encoding != "rgb":
+            raise ValueError(f"--weights {weights}: the model takes '{info.input_encoding}'-encoded inputs, which "
+                             "dissection does not feed")
+        model = info.spec
+        if args.preprocess is None:
+            norm = (tuple(info.mean), tuple(info.std)) if info.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+    elif model is None:
+        raise ValueError(f"--weights {weights} is a plain state dict that does not say which model it holds; name "
+                         "it with --model (e.g. --model resnet18)")
+    return model, weights, broden, norm
+
+
 def config_from_args(args):
-    mean, std = PREPROCESS[args.preprocess]
+    quantiles = parse_values(args.quantiles, "--quantiles") if args.quantiles else (args.quantile,)
+    iou_thresholds = parse_values(args.iou_thresholds, "--iou-thresholds") if args.iou_thresholds else None
+    if args.broden is not None and not Path(args.broden).is_dir():  # before a default model is trained
+        raise BrodenFormatError(f"Broden directory {args.broden} does not exist")
+    model, weights, broden, (mean, std) = resolve_model(args)
     return DissectConfig(
-        model=args.model,
+        model=model,
         layers=tuple(args.layers),
-        weights=args.weights,
+        weights=weights,
         trust_weights=args.trust_weights,
-        broden=args.broden,
+        broden=broden,
         broden_cache=args.broden_cache,
         out=args.out,
-        quantiles=parse_values(args.quantiles, "--quantiles") if args.quantiles else (args.quantile,),
+        quantiles=quantiles,
         iou_threshold=args.iou_threshold,
-        iou_thresholds=parse_values(args.iou_thresholds, "--iou-thresholds") if args.iou_thresholds else None,
+        iou_thresholds=iou_thresholds,
         categories=args.categories,
         mean=tuple(args.mean) if args.mean else mean,
         std=tuple(args.std) if args.std else std,
@@ -92,6 +144,9 @@ def config_from_args(args):
         checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds,
         top_images=args.top_images,
+        channels_last=args.channels_last,
+        autocast=args.autocast,
+        activation_dtype=args.activation_dtype,
         restart=args.restart,
         progress=not args.quiet,
     )

@@ -5,6 +5,7 @@ from decimal import Decimal, InvalidOperation
 from kdfast.dissect.models import PREPROCESS
 
 DENOMINATORS = ("lite", "netdissect")
+HALF_DTYPES = ("bfloat16", "float16")
 
 
 def parse_values(text, name):
@@ -73,6 +74,11 @@ class DissectConfig:
     top_images: int = 5
     restart: bool = False
     progress: bool = True
+    # Forward-pass settings (see docs/dissect_speed.md): they change the activations, hence the results, so
+    # they are part of the checkpoint identity. The defaults reproduce plain float32 NCHW inference.
+    channels_last: bool = False
+    autocast: str = None  # None, "bfloat16" or "float16": autocast dtype of the forward pass
+    activation_dtype: str = "float32"  # storage of activations between the passes; thresholds use stored values
 
     def __post_init__(self):
         if not self.layers:
@@ -99,6 +105,10 @@ class DissectConfig:
             raise ValueError(f"checkpoint_every must be >= 1 batch, got {self.checkpoint_every}")
         if self.checkpoint_seconds <= 0:
             raise ValueError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
+        if self.autocast not in (None, *HALF_DTYPES):
+            raise ValueError(f"autocast must be one of {HALF_DTYPES} or None, got '{self.autocast}'")
+        if self.activation_dtype not in ("float32", *HALF_DTYPES):
+            raise ValueError(f"activation_dtype must be 'float32' or one of {HALF_DTYPES}, got '{self.activation_dtype}'")
 
     @property
     def sweep(self):
@@ -121,4 +131,6 @@ class DissectConfig:
             "device": self.device.split(":")[0],
             "batch_size": self.batch_size,
             "world_size": int(world_size),
+            "forward": {"channels_last": self.channels_last, "autocast": self.autocast,
+                        "activation_dtype": self.activation_dtype},
         }

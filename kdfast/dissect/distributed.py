@@ -5,7 +5,9 @@ results equal a single-process run's bit for bit.
   the k-th largest of the union of the parts' top-k is the k-th largest of all values;
 * tally counts: int64 all_reduce(SUM);
 * per-image maxima: each image lives on one rank, so the others contribute −inf and all_reduce(MAX)
-  assembles the full table.
+  assembles the full table;
+* top images: every rank's per-unit top images (peaks, indices, maps) are all-gathered and the best are kept
+  (peak descending, then lower image index), which is the single process's choice.
 """
 import torch
 import torch.distributed as dist
@@ -34,6 +36,14 @@ class Distributed(ProcessGroup):
         for part, (width, seen) in zip(self._all_gather(padded), widths):
             merged.merge(part[:, : int(width)], int(seen))
         return merged
+
+    def merge_top_images(self, top):
+        """TopImages holding the best images of every rank (the local one itself when single-process)."""
+        if self.world == 1:
+            return top
+        gathered = [self._all_gather(t.to(self.device)) for t in (top.values, top.indices, top.maps)]
+        others = [part for rank, part in enumerate(zip(*gathered)) if rank != self.rank]
+        return top.merge(others)
 
     def sum_(self, tensor):
         """In-place sum over ranks."""

@@ -6,8 +6,6 @@
 """
 from pathlib import Path
 
-import torch
-
 from kdfast.dissect import report
 from kdfast.dissect.config import format_value
 from kdfast.dissect.results import summary, sweep_rows, write_json, write_sweep_csv, write_tally_csv
@@ -17,18 +15,11 @@ def quantile_folder_name(quantile):
     return f"q{format_value(quantile)}"
 
 
-def top_images(maxima, unit, count):
-    """The `count` images where `unit` peaks highest (ties: lower image index first)."""
-    order = torch.argsort(maxima[:, unit], descending=True, stable=True)
-    return order[:count].tolist()
-
-
-def write_outputs(result, dissector, packed):
+def write_outputs(result, packed):
     config = result.config
     out = Path(config.out)
-    pages = []  # (folder, tally, detectors): reports to draw once the top images' maps are computed
-    wanted = {}  # layer → unit → top image indices
     for layer, tallies in result.tallies.items():
+        top = result.top_images[layer].lists(config.top_images)
         layer_folder = out / layer
         for tally in tallies:
             folder = layer_folder / quantile_folder_name(tally.quantile) if config.sweep else layer_folder
@@ -36,9 +27,8 @@ def write_outputs(result, dissector, packed):
             labels = write_tally_csv(folder / "tally.csv", tally)
             found = tally.detectors(config.iou_threshold, labels)
             write_json(folder / "summary.json", summary(tally, found, config.model, result.images))
-            pages.append((folder, tally, found))
-            for unit in found.units:
-                wanted.setdefault(layer, {})[unit.unit] = top_images(result.maxima[layer], unit.unit, config.top_images)
+            report.write_report(folder, tally, labels, found, config.model, result.images, top, packed.image,
+                                packed.seg_size)
         if config.sweep or len(config.iou_thresholds) > 1:
             rows = sweep_rows(tallies, config.iou_thresholds)
             write_sweep_csv(layer_folder / "sweep.csv", rows, list(result.concepts.categories))
@@ -47,7 +37,3 @@ def write_outputs(result, dissector, packed):
                 folders = {t.quantile: quantile_folder_name(t.quantile) for t in tallies}
                 report.write_sweep_report(layer_folder / "report.html", layer, rows,
                                           list(result.concepts.categories), folders)
-    maps = dissector.unit_maps(wanted)
-    for folder, tally, found in pages:
-        report.write_report(folder, tally, found, config.model, result.images, maps.get(tally.layer, {}),
-                            wanted.get(tally.layer, {}), packed.image)

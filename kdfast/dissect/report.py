@@ -1,11 +1,20 @@
-"""report.html pages with matplotlib figures: detectors per category (the ICML paper's Fig. 2), each
-detector's top images with its thresholded mask, and the quantile / IoU-threshold sweep (Figs. 9–10)."""
+"""report.html pages with matplotlib figures: detectors per category (the ICML paper's Fig. 2), detector units
+per concept (NetDissect-Lite's bar graph), every unit by IoU with its top images and thresholded mask, and the
+quantile / IoU-threshold sweep (Figs. 9–10).
+
+The unit strips are drawn from the maps kept during pass 1 (no forward pass here), upsampled in the tally
+kernels' arithmetic to the segmentation size, so a strip shows exactly the pixels the tally counted; strips are
+JPEGs encoded on a thread pool (PIL and torch release the GIL while they work).
+"""
 import html
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from kdfast.dissect.config import format_value
 from kdfast.ops.iou_tally import upsample_reference
@@ -14,8 +23,9 @@ _STYLE = """<style>
 body { font-family: sans-serif; margin: 1.5em; }
 table { border-collapse: collapse; }
 td, th { padding: 0.3em 0.6em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: middle; }
-img.strip { height: 112px; }
+img.strip { height: 130px; }
 .meta { color: #555; }
+tr.below { color: #888; }
 </style>"""
 
 
@@ -71,67 +81,148 @@ def sweep_figure(path, rows, title):
     fig.savefig(path, dpi=100)
 
 
-def mask_overlay(image, unit_map, threshold):
-    """uint8 (ih, iw, 3): the image with everything outside the unit's mask (its map upsampled bilinearly
-    to the image size, > threshold) darkened and the mask's edge drawn in yellow. The upsampling rounds as
-    the tally kernel does (a + t·(b − a)), so a constant map stays constant and ties stay inactive."""
-    up = upsample_reference(unit_map[None, None], image.shape[:2])[0, 0]
-    mask = (up > float(threshold)).numpy()
-    out = np.where(mask[..., None], image, (image * 0.25).astype(np.uint8))
+EDGE = (255, 220, 0)  # the mask's inner edge
+RIM = (0, 0, 0)  # the ring just outside it: with the yellow edge, visible on dark and on yellow images
+
+
+def upsample_maps(maps, size):
+    """(n, h, w) float maps → float64 (n, size[0], size[1]): bilinear, half-pixel centres, in the tally kernels'
+    arithmetic (upsample_reference). Done separably, columns then rows: an identity resize of an axis is
+    a + 0·(b − a) = a exactly, so the values equal one 2-D upsample_reference call at a fraction of its cost."""
+    h = maps.shape[-2]
+    columns = upsample_reference(maps[:, None], (h, size[1]))[:, 0]  # (n, h, sw)
+    return upsample_reference(columns.transpose(1, 2)[:, None], (size[1], size[0]))[:, 0].transpose(1, 2)
+
+
+def _ring(mask):
+    """Pixels of `mask` with a 4-neighbour outside it."""
     inner = mask.copy()
     inner[1:] &= mask[:-1]
     inner[:-1] &= mask[1:]
     inner[:, 1:] &= mask[:, :-1]
     inner[:, :-1] &= mask[:, 1:]
-    out[mask & ~inner] = (255, 220, 0)
+    return mask & ~inner
+
+
+def overlay(image, mask):
+    """uint8 (ih, iw, 3): outside `mask` the image darkened, the mask's edge yellow, the ring around it black."""
+    out = np.where(mask[..., None], image, (image * 0.25).astype(np.uint8))
+    out[_ring(~mask)] = RIM
+    out[_ring(mask)] = EDGE
     return out
 
 
-def unit_strip(path, images, maps, threshold, gap=4):
-    """One PNG of a unit's top images side by side, each with the unit's mask overlaid."""
-    tiles = [mask_overlay(image, unit_map, threshold) for image, unit_map in zip(images, maps)]
-    h, w = tiles[0].shape[:2]
-    strip = np.full((h, len(tiles) * (w + gap) - gap, 3), 255, dtype=np.uint8)
-    for k, tile in enumerate(tiles):
-        strip[:, k * (w + gap): k * (w + gap) + w] = tile
-    Image.fromarray(strip).save(path)
+def mask_overlay(image, unit_map, threshold):
+    """overlay() of the unit's mask: its (h, w) map upsampled to the image size, > threshold (ties inactive)."""
+    up = upsample_maps(unit_map[None], image.shape[:2])[0]
+    return overlay(image, (up > float(threshold)).numpy())
 
 
-def write_report(folder, tally, found, model, image_count, unit_maps, top_images, load_image):
-    """folder/report.html (+ detectors.png and images/unit<N>.png strips) for one layer at one quantile.
+_FONT = None
 
-    unit_maps[u]: (n, h, w) maps of unit u on its top images top_images[u]; load_image(i) → uint8 (ih, iw, 3).
+
+def _font():
+    global _FONT
+    if _FONT is None:
+        _FONT = ImageFont.load_default(size=12)
+    return _FONT
+
+
+def unit_strip(path, images, maps, threshold, caption, tile_size, gap=4, band=18):
+    """One JPEG: a caption band, then the unit's top images side by side at tile_size (h, w), each with the
+    unit's mask (maps (n, h, w) upsampled to tile_size, > threshold) overlaid."""
+    th, tw = tile_size
+    masks = (upsample_maps(maps, tile_size) > float(threshold)).numpy()
+    width = max(1, len(images) * (tw + gap) - gap)
+    strip = np.full((band + th, width, 3), 255, dtype=np.uint8)
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        if image.shape[:2] != (th, tw):
+            image = np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR))
+        strip[band:, k * (tw + gap): k * (tw + gap) + tw] = overlay(image, mask)
+    picture = Image.fromarray(strip)
+    ImageDraw.Draw(picture).text((2, 2), caption, fill=(0, 0, 0), font=_font())
+    picture.save(path, quality=90)
+
+
+def concept_figure(path, found, concepts, title):
+    """NetDissect-Lite's bar graph: detector units per concept, grouped and coloured by category."""
+    per_label = {}
+    for unit in found.units:
+        per_label[unit.label] = per_label.get(unit.label, 0) + 1
+    order = sorted(per_label, key=lambda label: (concepts.label_category[label], -per_label[label],
+                                                 concepts.label_names[label]))
+    palette = colormaps["tab10"]
+    fig = Figure(figsize=(min(40.0, max(4.0, 1.5 + 0.28 * len(order))), 3.6))
+    ax = fig.add_subplot()
+    x = np.arange(len(order))
+    ax.bar(x, [per_label[label] for label in order],
+           color=[palette(int(concepts.label_category[label]) % 10) for label in order])
+    ax.set_xticks(x, [concepts.label_names[label] for label in order], rotation=90, fontsize="small")
+    for c, name in enumerate(concepts.categories):
+        ax.bar(0, 0, color=palette(c % 10), label=name)  # legend entries only
+    ax.set_ylabel("detector units")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(folder, tally, labels, found, model, image_count, top, load_image, tile_size):
+    """folder/report.html (+ detectors.png, concepts.png and images/unit<N>.jpg strips) for one layer at one
+    quantile: every unit, best IoU first (as tally.csv), detectors marked.
+
+    labels: every unit's UnitLabel; top = (per unit: top image indices, per unit: (n, h, w) maps on them);
+    load_image(i) → uint8 (ih, iw, 3); tile_size: (h, w) of the drawn images (the segmentation size).
     """
     categories = list(tally.concepts.categories)
+    names = tally.concepts.label_names
     t = format_value(found.iou_threshold)
     headline = f"{found.total}/{tally.units} units covering {found.unique} concepts with IoU ≥ {t}"
     detector_figure(folder / "detectors.png", found, categories, f"{tally.layer}: {headline}")
+    concepts_png = folder / "concepts.png"
+    concepts_png.unlink(missing_ok=True)
+    if found.units:
+        concept_figure(concepts_png, found, tally.concepts, f"{tally.layer}: detector units per concept")
     strips = folder / "images"
     strips.mkdir(exist_ok=True)
-    for stale in strips.glob("unit*.png"):  # from an earlier run into the same folder
+    for stale in [*strips.glob("unit*.png"), *strips.glob("unit*.jpg")]:  # from an earlier run into the folder
         stale.unlink()
+    indices, maps = top
+    ordered = sorted(labels, key=lambda u: (-u.score, u.unit))
+
+    def draw(unit):
+        caption = (f"unit {unit.unit + 1}  {names[unit.label]} ({categories[unit.category]})  "
+                   f"IoU {unit.score:.3f}")
+        unit_strip(strips / f"unit{unit.unit + 1:04d}.jpg", [load_image(i) for i in indices[unit.unit]],
+                   maps[unit.unit], tally.thresholds[unit.unit], caption, tile_size)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(draw, ordered))
     rows = []
-    for unit in found.units:
-        name = f"unit{unit.unit + 1:04d}.png"
-        unit_strip(strips / name, [load_image(i) for i in top_images[unit.unit]], unit_maps[unit.unit],
-                   tally.thresholds[unit.unit])
+    for unit in ordered:
+        name = f"unit{unit.unit + 1:04d}.jpg"
+        below = "" if unit.score >= found.iou_threshold else " class='below'"
         rows.append(
-            f"<tr><td>{unit.unit + 1}</td><td>{html.escape(tally.concepts.label_names[unit.label])}</td>"
+            f"<tr{below}><td>{unit.unit + 1}</td><td>{html.escape(names[unit.label])}</td>"
             f"<td>{html.escape(categories[unit.category])}</td><td>{unit.score:.4f}</td>"
             f"<td><img class='strip' src='images/{name}' alt='top images of unit {unit.unit + 1}'></td></tr>"
         )
-    if rows:
-        listing = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th>"
-                   f"<th>top {len(top_images[found.units[0].unit])} images (mask: activation &gt; T<sub>u</sub>)"
-                   "</th></tr>\n" + "\n".join(rows) + "\n</table>")
+    shown = len(indices[0]) if indices else 0
+    listing = ("<table><tr><th>unit</th><th>label</th><th>category</th><th>IoU</th>"
+               f"<th>top {shown} images (mask: activation &gt; T<sub>u</sub>, at the segmentation size)"
+               "</th></tr>\n" + "\n".join(rows) + "\n</table>")
+    figures = "<img src='detectors.png' alt='detectors per category'>\n"
+    if found.units:
+        figures += "<img src='concepts.png' alt='detector units per concept'>\n"
     else:
-        listing = f"<p>No unit reached IoU ≥ {t}.</p>"
+        figures += f"<p>No unit reached IoU ≥ {t}.</p>\n"
     body = (
         f"<h1>{html.escape(tally.layer)}: {headline}</h1>\n"
         f"<p class='meta'>model {html.escape(model)} · {image_count} images · "
         f"quantile {format_value(tally.quantile)} · denominator {tally.denominator} · "
-        "unit numbers are 1-based as in tally.csv</p>\n"
-        f"<img src='detectors.png' alt='detectors per category'>\n{listing}"
+        "unit numbers are 1-based as in tally.csv · every unit, best IoU first; grey rows are below the "
+        f"IoU threshold {t}</p>\n{figures}{listing}"
     )
     (folder / "report.html").write_text(_page(f"{tally.layer} dissection", body), encoding="utf-8")
 
