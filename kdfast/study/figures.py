@@ -40,7 +40,7 @@ def _bars(ax, groups, categories, lookup):
                 ax.text(x, 0, "×", ha="center", va="bottom", color="red", fontsize=8)
     ax.set_xticks(range(len(categories)))
     ax.set_xticklabels(categories, rotation=30, ha="right")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: no search for a spot
 
 
 def detectors_per_category(study, runs, stats, folder):
@@ -72,7 +72,7 @@ def _sweep(ax, groups, xs, lookup):
         line, = ax.plot(x, mean, marker="o", label=group)
         ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.2)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: no search for a spot
 
 
 def sweeps(study, runs, stats, folder):
@@ -121,7 +121,7 @@ def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

@@ -70,23 +70,23 @@ class MeasureContext:
         self._logits = {}
 
     def student(self):
-        """(the student, taking [0, 1] images; its training config or {})."""
+        """(the student, taking [0, 1] images; the checkpoint's CheckpointInfo or None)."""
         if self._student is None:
-            module, config = study_models.checkpoint_student(self.run.checkpoint, self.run.model, self.run.kwargs)
-            self._student = (study_models.normalised(module, config).to(self.device), config)
+            module, info = study_models.checkpoint_student(self.run.checkpoint, self.run.model, self.run.kwargs)
+            self._student = (study_models.normalised(module, info).to(self.device), info)
         return self._student
 
     def config(self):
-        return self.student()[1]
+        """The checkpoint's training config (a dict; {} for a plain state dict)."""
+        return study_models.config_of(self.student()[1])
 
     def teacher(self):
         """The teacher (taking [0, 1] images) the run was trained with, else the study's teacher checkpoint."""
-        config = self.config()
-        teacher = study_models.checkpoint_teacher(config, self.data().num_classes)
+        teacher = study_models.checkpoint_teacher(self.student()[1], self.data().num_classes)
         if teacher is None and self.teacher_run is not None:
-            module, teacher_config = study_models.checkpoint_student(self.teacher_run.checkpoint,
-                                                                     self.teacher_run.model, self.teacher_run.kwargs)
-            teacher = study_models.normalised(module, teacher_config)
+            module, info = study_models.checkpoint_student(self.teacher_run.checkpoint, self.teacher_run.model,
+                                                           self.teacher_run.kwargs)
+            teacher = study_models.normalised(module, info)
         if teacher is None:
             raise ValueError(f"run {self.run.id} has no teacher (none in its checkpoint's config, none in the study)")
         return teacher.to(self.device)
@@ -164,12 +164,12 @@ def dissect(ctx, options):
     from kdfast.dissect import DissectConfig
     from kdfast.dissect import dissect as run_dissection
 
-    config = ctx.config()
-    mean, std = study_models.input_normalisation(config)
+    info = ctx.student()[1]
+    mean, std = study_models.normalisation(info)
     iou_thresholds = tuple(sorted(set(options["iou_thresholds"]) | ({options["iou_threshold"]} - {None})))
     out = ctx.folder / "dissect"
     result = run_dissection(DissectConfig(
-        model=study_models.dissect_model_spec(ctx.run.checkpoint, ctx.folder / "dissect_model"),
+        model=info.spec if info is not None else ctx.run.model,
         weights=str(ctx.run.checkpoint), layers=tuple(options["layers"]), broden=_broden(options["broden"]),
         out=str(out), quantiles=tuple(options["quantiles"]),
         iou_threshold=options["iou_threshold"] or options["iou_thresholds"][0], iou_thresholds=iou_thresholds,

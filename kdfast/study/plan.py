@@ -140,7 +140,7 @@ def architecture(run):
         student = run.config.student
         try:
             return models.skeleton(student.spec, student.kwargs, student.num_classes)
-        except (ConfigError, ValueError) as exc:
+        except (OSError, TypeError, ValueError) as exc:
             raise StudyError(f"run {run.id}: {exc}") from exc
     try:
         return models.checkpoint_student(run.checkpoint, run.model, run.kwargs)[0]
