@@ -4,7 +4,8 @@
   bar = std over seeds);
 * sweep_quantile_<layer>.png, sweep_iou_<layer>.png — Figs. 9/10: total detectors against the quantile (at the
   primary IoU threshold) and against the IoU threshold (at the first quantile), mean line with a ± std band;
-* accuracy.png — accuracy and agreement per group (mean, error bar = std).
+* accuracy.png — accuracy and agreement per group (mean, error bar = std): the trainer's (val_acc,
+  val_agreement) and/or the measured ones (accuracy, agreement).
 """
 import math
 from pathlib import Path
@@ -78,7 +79,7 @@ def _sweep(ax, groups, xs, lookup):
 def sweeps(study, runs, stats, folder):
     options = resolve_options("dissect", study.measures["dissect"])
     defaults = dissect_defaults(study)
-    quantiles = sorted(options["quantiles"])
+    quantiles = sorted(set(options["quantiles"]) | ({options["quantile"]} - {None}))
     thresholds = sorted(set(options["iou_thresholds"]) | ({options["iou_threshold"]} - {None}))
     groups = groups_in_order(runs)
     made = []
@@ -105,6 +106,8 @@ def sweeps(study, runs, stats, folder):
 
 def accuracy(study, runs, stats, folder):
     metrics = [m for m in ("accuracy", "agreement") if m in study.measures]
+    if "training" in study.measures:
+        metrics = ["val_acc", "val_agreement"] + metrics
     fig, ax = plt.subplots(figsize=(max(6, len(groups_in_order(runs)) * 0.9), 4))
 
     def lookup(group, metric):
@@ -133,6 +136,6 @@ def make_figures(study, runs, stats, folder):
         made += detectors_per_category(study, runs, stats, folder)
     if "sweeps" in study.figures and "dissect" in study.measures:
         made += sweeps(study, runs, stats, folder)
-    if "accuracy" in study.figures and ({"accuracy", "agreement"} & set(study.measures)):
+    if "accuracy" in study.figures and ({"accuracy", "agreement", "training"} & set(study.measures)):
         made += accuracy(study, runs, stats, folder)
     return made

@@ -2,7 +2,7 @@
 
     from kdfast.study.measures import register_measure
 
-    @register_measure("my_measure", defaults={"limit": None}, needs_teacher=False)
+    @register_measure("my_measure", defaults={"limit": None}, needs_teacher=False, applies=None)
     def my_measure(ctx, options):            # ctx: MeasureContext, options: defaults updated by the study's
         acc = ...                            # measures.my_measure mapping (unknown keys are an error)
         return [{"metric": "my_metric", "value": acc}]   # optional keys: layer, quantile, iou_threshold, category
@@ -10,6 +10,8 @@
 A measure returns rows (one number each); the study writes them to <run>/measures/<name>.json and into the tidy
 CSV. `check(options, models)` (optional) runs before any training, on {run id: nn.Module with the run's
 architecture}, and raises StudyError for options that cannot work (e.g. a layer that does not exist).
+`needs_teacher`: not taken on teachers, and a trained student without a teacher is an error before training;
+`applies(run) -> bool`: the runs it is taken on (others show 'n/a' in tables).
 """
 import dataclasses
 import math
@@ -27,18 +29,24 @@ class Measure:
     compute: object  # (MeasureContext, options) -> [row dicts]
     defaults: dict
     check: object = None  # (options, {run id: nn.Module}) -> None, raises StudyError
-    needs_teacher: bool = False
+    needs_teacher: bool = False  # not taken on teachers; a student without a teacher is an error
+    applies: object = None  # (Run) -> bool: runs the measure is not taken on show 'n/a' (None: all runs)
+
+    def applies_to(self, run):
+        if self.needs_teacher and run.role == "teacher":
+            return False
+        return self.applies is None or bool(self.applies(run))
 
 
 MEASURES = {}
 
 
-def register_measure(name, defaults=None, check=None, needs_teacher=False, replace=False):
+def register_measure(name, defaults=None, check=None, needs_teacher=False, applies=None, replace=False):
     """Decorator registering `compute(ctx, options) -> rows` under `name` (see the module docstring)."""
     def decorate(compute):
         if name in MEASURES and not replace:
             raise ValueError(f"measure '{name}' is already registered (pass replace=True to replace it)")
-        MEASURES[name] = Measure(name, compute, dict(defaults or {}), check, needs_teacher)
+        MEASURES[name] = Measure(name, compute, dict(defaults or {}), check, needs_teacher, applies)
         return compute
     return decorate
 
@@ -115,6 +123,21 @@ class MeasureContext:
 # Built-in measures
 
 
+@register_measure("training", defaults={}, applies=lambda run: run.trained)
+def training(ctx, options):
+    """The trainer's own validation numbers at the best epoch (<run>/train/summary.json: the whole validation
+    set, streamed): val_acc, and val_agreement when the run had a teacher. Trained runs only."""
+    from kdfast.study.runner import read_json
+
+    summary = read_json(ctx.folder / "train" / "summary.json")
+    if summary is None:
+        raise ValueError(f"run {ctx.run.id} was not trained by the study (no train/summary.json); use 'accuracy'")
+    rows = [{"metric": "val_acc", "value": float(summary["best_val_acc"])}]
+    if summary.get("best_val_agreement") is not None:
+        rows.append({"metric": "val_agreement", "value": float(summary["best_val_agreement"])})
+    return rows
+
+
 @register_measure("accuracy", defaults={"limit": None})
 def accuracy(ctx, options):
     """Top-1 accuracy on the run's validation images (`limit`: a seeded subset of that many)."""
@@ -137,7 +160,12 @@ def _layer_names(module):
     return [name for name, _ in module.named_modules() if name]
 
 
-def check_layers(options, architectures):
+def check_dissection(options, architectures):
+    """Before training: the Broden folder exists and every layer exists in every run's model."""
+    broden = options["broden"]
+    if broden not in (None, "world") and not Path(broden).is_dir():
+        raise StudyError(f"measures.dissect.broden: {broden} is not a folder (a Broden directory such as "
+                         "broden1_224; null for the small synthetic one, 'world' for the synthetic world's)")
     for run_id, module in architectures.items():
         names = _layer_names(module)
         for layer in options["layers"]:
@@ -155,12 +183,14 @@ def _broden(choice):
     return choice
 
 
-@register_measure("dissect", check=check_layers, defaults={
-    "layers": ["layer4"], "quantiles": [0.005], "iou_thresholds": [0.05], "iou_threshold": None, "broden": None,
+@register_measure("dissect", check=check_dissection, defaults={
+    "layers": ["layer4"], "quantiles": [0.005], "quantile": None, "iou_thresholds": [0.05], "iou_threshold": None,
+    "broden": None,
     "categories": None, "denominator": "lite", "batch_size": 32, "top_images": 5, "activation_cache_gb": 2.0})
 def dissect(ctx, options):
     """Network dissection of the run's student (kdfast.dissect) into <run>/dissect/: detectors and distinct
-    concepts per layer × quantile × IoU threshold × category (and 'all')."""
+    concepts per layer × quantile × IoU threshold × category (and 'all'). `quantile` and `iou_threshold` are
+    the primary values the tables use (default: the first of `quantiles` / `iou_thresholds`)."""
     from kdfast.dissect import DissectConfig
     from kdfast.dissect import dissect as run_dissection
 
@@ -171,7 +201,7 @@ def dissect(ctx, options):
     result = run_dissection(DissectConfig(
         model=info.spec if info is not None else ctx.run.model,
         weights=str(ctx.run.checkpoint), layers=tuple(options["layers"]), broden=_broden(options["broden"]),
-        out=str(out), quantiles=tuple(options["quantiles"]),
+        out=str(out), quantiles=tuple(sorted(set(options["quantiles"]) | ({options["quantile"]} - {None}))),
         iou_threshold=options["iou_threshold"] or options["iou_thresholds"][0], iou_thresholds=iou_thresholds,
         categories=options["categories"], mean=mean, std=std, denominator=options["denominator"],
         device="cuda" if str(ctx.device).startswith("cuda") else "cpu", batch_size=options["batch_size"],

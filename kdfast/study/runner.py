@@ -84,8 +84,8 @@ def train_run(out, run, launcher=None):
 
 
 def applicable(measure, run):
-    """A teacher has no teacher to agree with; other runs get every measure (a missing teacher is an error)."""
-    return not (measure.needs_teacher and run.role == "teacher")
+    """Whether `measure` is taken on `run` (e.g. not agreement on a teacher)."""
+    return measure.applies_to(run)
 
 
 def measure_identity(options, checkpoint):

@@ -15,7 +15,7 @@ from kdfast.study.runner import applicable
 from kdfast.study.schema import StudyError, TableSpec
 
 DISSECT_METRICS = ("detectors", "concepts", "units")
-PERCENT_METRICS = ("accuracy", "agreement")
+PERCENT_METRICS = ("accuracy", "agreement", "val_acc", "val_agreement")
 MISSING = "—"
 PARTIAL = re.compile(r"\(\d+/\d+\)$")
 NOT_APPLICABLE = "n/a"  # e.g. a teacher's agreement with the teacher
@@ -25,18 +25,20 @@ def dissect_defaults(study):
     if "dissect" not in study.measures:
         return None
     options = resolve_options("dissect", study.measures["dissect"])
-    return {"layer": options["layers"][0], "quantile": sorted(options["quantiles"])[0],
+    return {"layer": options["layers"][0], "quantile": options["quantile"] or options["quantiles"][0],
             "iou_threshold": options["iou_threshold"] or options["iou_thresholds"][0], "layers": options["layers"]}
 
 
 def default_tables(study):
     """One table: accuracy, agreement, then detectors and concepts (all categories) of every dissected layer."""
-    columns = [{"metric": m} for m in PERCENT_METRICS if m in study.measures]
+    columns = [{"metric": m} for m in ("accuracy", "agreement") if m in study.measures]
+    if "training" in study.measures:
+        columns = [{"metric": "val_acc"}, {"metric": "val_agreement"}] + columns
     defaults = dissect_defaults(study)
     for layer in (defaults or {}).get("layers", []):
         columns += [{"metric": "detectors", "layer": layer}, {"metric": "concepts", "layer": layer}]
     for name in study.measures:
-        if name not in PERCENT_METRICS and name != "dissect":
+        if name not in PERCENT_METRICS + ("dissect", "training"):
             columns.append({"metric": name, "measure": name})
     return [TableSpec(name="main", columns=columns, caption=f"{study.name}: mean ± std over seeds (ddof 1)")]
 
@@ -88,7 +90,11 @@ def find_stat(stats, group, column):
 def measure_of(column):
     """The measure a column's metric comes from (evaluate metrics are named '<measure>.<path>')."""
     metric = column["metric"]
-    return column.get("measure") or ("dissect" if metric in DISSECT_METRICS else metric.split(".")[0])
+    if column.get("measure"):
+        return column["measure"]
+    if metric in DISSECT_METRICS:
+        return "dissect"
+    return "training" if metric in ("val_acc", "val_agreement") else metric.split(".")[0]
 
 
 def cell(stat, column, expected, applies=True):
