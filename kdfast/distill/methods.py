@@ -80,11 +80,11 @@ def _teacher_logits(teacher, batch, images):
 
 
 def _kd_terms(student_logits, teacher_logits, targets, alpha, temperature):
-    """KD split into its two weighted terms, so both are logged: (1 − α)·CE and α·T²·KL."""
-    return {
-        "ce": (1.0 - alpha) * supervised_loss(student_logits, targets),
-        "kd": alpha * soft_target_kl(student_logits, teacher_logits, temperature),
-    }
+    """KD split into its two weighted terms, so both are logged: (1 − α)·CE and α·T²·KL. With α = 1 there is
+    no CE term (and the targets are not read): function matching on unlabelled or mixed images."""
+    terms = {} if alpha == 1.0 else {"ce": (1.0 - alpha) * supervised_loss(student_logits, targets)}
+    terms["kd"] = alpha * soft_target_kl(student_logits, teacher_logits, temperature)
+    return terms
 
 
 def _loader_images(batch):
