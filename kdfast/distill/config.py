@@ -44,7 +44,8 @@ class GenerateConfig:
 
 @dataclass
 class DataConfig:
-    type: str = _choices("imagefolder", "hierarchical", "world", "waterbirds", "voc", default="imagefolder")
+    # memory: (image, target) datasets held in memory, passed in code: train(config, datasets=...).
+    type: str = _choices("imagefolder", "hierarchical", "world", "waterbirds", "voc", "memory", default="imagefolder")
     # imagefolder: the folder holding <train_split>/ and <val_split>/ class folders.
     # waterbirds, voc: the official layouts with boxes (kdfast.distill.task_data); data.synthetic generates one.
     # hierarchical, world: where to generate it; null = $KDFAST_CACHE (default ~/.cache/kdfast).
@@ -116,6 +117,7 @@ class LogConfig:
     csv: bool = True  # <output_dir>/metrics.csv
     tensorboard: bool = False  # <output_dir>/tensorboard (needs the tensorboard package)
     progress: bool = True  # tqdm bars
+    epoch_lines: bool = True  # one summary line per epoch on stdout
 
 
 @dataclass

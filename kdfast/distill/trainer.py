@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from kdfast.data.hierarchical import hierarchical_dataset
@@ -226,6 +226,9 @@ def build_datasets(config, processes, progress):
     images are (image, target) pairs, randomly augmented, or deterministic (the evaluation transform) when
     frozen explanations will augment them together with the stored maps."""
     data = config.data
+    if data.type == "memory":
+        raise ConfigError("data.type: 'memory' datasets are passed in code (kdfast.distill.trainer.train(config, "
+                          "datasets=in_memory_datasets(...))), not read from a config")
     if data.type in BOXED_TYPES or data.distill_images is not None:  # the e2KD paper's settings
         return task_datasets(config, processes, progress, build_datasets)
     root = dataset_root(data, processes, progress)
@@ -247,6 +250,36 @@ def build_datasets(config, processes, progress):
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data: {exc}") from exc
     return train, IndexedDataset(val), val.classes
+
+
+class ImagesInMemory(Dataset):
+    """(image, class index) pairs of an (N, C, H, W) image tensor; `targets` lists the labels (CRD reads them)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels.long()
+        self.targets = self.labels.tolist()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+def in_memory_datasets(images, labels, val_images, val_labels, classes=None):
+    """The `datasets` argument of train() / Trainer for data held in memory (data.type: memory): float
+    (N, C, H, W) images, as the model takes them (no transforms, no augmentation), and (N,) class indices."""
+    for name, x, y in (("images", images, labels), ("val_images", val_images, val_labels)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.dtype.is_floating_point:
+            raise ValueError(f"{name}: expected a float (N, C, H, W) tensor, got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+        if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
+            raise ValueError(f"{name}: expected ({len(x)},) class indices beside it, got {tuple(getattr(y, 'shape', ()))}")
+    if len(images) == 0 or len(val_images) == 0:
+        raise ValueError(f"in-memory training needs images in both sets, got {len(images)} and {len(val_images)}")
+    count = int(max(labels.max(), val_labels.max())) + 1
+    classes = list(classes) if classes is not None else [str(k) for k in range(count)]
+    return ImagesInMemory(images, labels), IndexedDataset(ImagesInMemory(val_images, val_labels)), classes
 
 
 def _to_device(batch, device):
@@ -321,7 +354,9 @@ def _config_differences(saved, current, prefix=""):
 class Trainer:
     """Builds everything a config describes; fit() trains and returns the run's summary."""
 
-    def __init__(self, config, resume=False):
+    def __init__(self, config, resume=False, datasets=None, student=None):
+        """`datasets` (data.type memory): (train, val, classes) from in_memory_datasets. `student`: a module to
+        train instead of building config.student (whose spec then only names it in the outputs)."""
         self.config = config
         self.device = resolve_device(config.device)
         self.processes = Processes(self.device)
@@ -333,12 +368,16 @@ class Trainer:
         world = self.processes.world
         if config.batch_size % world:
             raise ConfigError(f"batch_size: {config.batch_size} does not split evenly over {world} processes")
-        train_images, val_set, self.classes = build_datasets(config, self.processes, self.progress)
+        if (datasets is None) != (config.data.type != "memory"):
+            raise ConfigError("data.type: 'memory' goes with datasets passed in code, and only with them")
+        train_images, val_set, self.classes = datasets or build_datasets(config, self.processes, self.progress)
         self.num_classes = len(self.classes)
         # Validation is sharded without padding (rank::world) so that the summed counts are exact.
         self.val_set = Subset(val_set, range(self.processes.rank, len(val_set), world))
 
-        self.student = build_model(config.student, self.num_classes, "student").to(self.device)
+        if student is None:
+            student = build_model(config.student, self.num_classes, "student")
+        self.student = student.to(self.device)
         self.teacher = None
         if config.teacher.spec is not None:
             self.teacher = build_model(config.teacher, self.num_classes, "teacher").to(self.device)
@@ -631,6 +670,8 @@ class Trainer:
             for key, value in row.items():
                 if key != "epoch" and value is not None:
                     self.writer.add_scalar(key, value, row["epoch"])
+        if not self.config.log.epoch_lines:
+            return
         shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None)
         tqdm.write(f"[{self.config.name}] epoch {row['epoch']}/{self.config.epochs}: {shown}")
 
@@ -651,6 +692,7 @@ class Trainer:
         }
 
 
-def train(config, resume=False):
-    """Trains the student a Config describes; returns the summary (also written to <output_dir>/summary.json)."""
-    return Trainer(config, resume=resume).fit()
+def train(config, resume=False, datasets=None, student=None):
+    """Trains the student a Config describes; returns the summary (also written to <output_dir>/summary.json).
+    `datasets` and `student`: see Trainer."""
+    return Trainer(config, resume=resume, datasets=datasets, student=student).fit()

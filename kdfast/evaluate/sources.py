@@ -1,10 +1,11 @@
 """Where the models and data of an evaluation come from: files named on the command line, the embedded
 distillation default's runs, or — when neither exists — small models trained here on generated shapes."""
+import shutil
 from pathlib import Path
 
 from kdfast.data.synthetic_shapes import make_synthetic_shapes
 from kdfast.evaluate.data import image_folder_data, synthetic_shapes_data
-from kdfast.evaluate.fallback import train_fallback_models
+from kdfast.evaluate.fallback import fallback_paths, train_fallback_models
 from kdfast.evaluate.models import Normalized, load_classifier
 
 # `python scripts/distill.py` (no arguments) writes <DISTILL_DEFAULT_DIR>/<run>/best.pt, its teacher under "teacher".
@@ -85,8 +86,10 @@ def fallback_setup(out_dir, device="cpu", test_limit=None, train_limit=None, see
     if not (root / "meta.json").is_file():
         make_synthetic_shapes(root, FALLBACK_DATA["counts"], size=FALLBACK_DATA["size"], seed=FALLBACK_DATA["seed"])
     data = synthetic_shapes_data(root, test_limit=test_limit, train_limit=train_limit, seed=seed)
-    paths = {name: out_dir / "models" / f"{name}.pt" for name in ("teacher", "scratch", "kd")}
+    paths = fallback_paths(out_dir / "models")
     if not all(p.is_file() for p in paths.values()):
+        if (out_dir / "models").exists():  # an interrupted earlier training: its runs cannot be resumed halfway
+            shutil.rmtree(out_dir / "models")
         paths = train_fallback_models(data, out_dir / "models", seed=seed)
     models = {name: load_classifier(paths[name], data.num_classes)[0].to(device) for name in paths}
     teacher = models.pop("teacher")

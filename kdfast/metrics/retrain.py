@@ -1,39 +1,41 @@
-"""A minimal in-memory training loop, used to retrain models on ROAR-modified data (and by the evaluation's
-fallback models). Deterministic for a given seed on CPU."""
+"""Retraining a model on images held in memory (DiffROAR's ROAR-modified data), through the one trainer:
+kdfast.distill.trainer with data.type memory. Deterministic for a given seed on CPU."""
+import tempfile
+
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from ._checks import check_class_indices, check_tensor
 
 
 def fit_classifier(model, images, labels, epochs=2, batch_size=32, lr=1e-3, weight_decay=5e-5, seed=0,
-                   loss_fn=None, desc="train"):
-    """Trains `model` with Adam on (images, labels) held in memory; returns the model in eval mode.
+                   desc="train"):
+    """Trains `model` on (images, labels) with Adam (constant lr, no augmentation) by the distill trainer;
+    returns the model after the last epoch, in eval mode.
 
-    `loss_fn(logits, labels, indices)` replaces cross-entropy, e.g. for distillation with precomputed teacher
-    logits indexed by the batch's dataset `indices`."""
+    The trainer's per-epoch validation runs on the first batch of training images only: this fit's accuracy is
+    measured by the caller on its own test set. Checkpoints go to a temporary folder, removed afterwards."""
+    from kdfast.distill.config import from_dict
+    from kdfast.distill.trainer import in_memory_datasets, train
+
     check_tensor("images", images, dims=4, floating=True)
     check_class_indices("labels", labels, size=images.shape[0])
-    if epochs < 0 or batch_size < 1:
-        raise ValueError(f"need epochs ≥ 0 and batch_size ≥ 1, got {epochs} and {batch_size}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"need epochs ≥ 1 and batch_size ≥ 1, got {epochs} and {batch_size}")
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = loss_fn or (lambda logits, y, idx: F.cross_entropy(logits, y))
-    model.train()
-    steps = tqdm(total=epochs * -(-images.shape[0] // batch_size), desc=desc, leave=False)
-    for _ in range(epochs):
-        order = torch.randperm(images.shape[0], generator=generator)
-        for start in range(0, images.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            logits = model(images[idx].to(device))
-            loss = loss_fn(logits, labels[idx].to(device), idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps.update()
-    steps.close()
+    nominal = slice(0, min(batch_size, len(images)))
+    datasets = in_memory_datasets(images, labels, images[nominal], labels[nominal])
+    with tempfile.TemporaryDirectory(prefix="kdfast-fit-") as folder:
+        config = from_dict({
+            "name": desc, "seed": int(seed), "output_dir": folder, "device": str(device), "epochs": int(epochs),
+            "batch_size": int(batch_size), "workers": 0,
+            "data": {"type": "memory", "augment": False, "normalize": False},
+            "student": {"spec": type(model).__name__},  # names the given module in the (temporary) outputs
+            "method": {"name": "scratch"},
+            "optim": {"name": "adam", "lr": float(lr), "weight_decay": float(weight_decay)},
+            "schedule": {"name": "constant"},
+            "log": {"csv": False, "progress": False, "epoch_lines": False},
+        })
+        train(config, datasets=datasets, student=model)
     return model.eval()
 
 
