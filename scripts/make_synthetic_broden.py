@@ -1,11 +1,16 @@
 """Write a synthetic Broden (broden1_224 on-disk format, known concepts in all six categories).
 
 python scripts/make_synthetic_broden.py --out /tmp/broden_syn --images 64 --size 224 --seed 0
+python scripts/make_synthetic_broden.py --world --out /tmp/world_broden --images 300 --size 48
+
+--world draws the synthetic world's scenes (kdfast.data.synthetic_world: the Broden matching the embedded
+default's training images, docs/world.md); without it, the simple shapes of kdfast.data.synthetic_broden.
 """
 
 import argparse
 
 from kdfast.data.synthetic_broden import synthetic_broden
+from kdfast.data.synthetic_world import write_world_broden
 
 
 def main(argv=None):
@@ -15,8 +20,10 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224, help="image side in pixels; segmentations are size/2")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--world", action="store_true", help="the synthetic world's scenes instead of shapes")
     args = parser.parse_args(argv)
-    out = synthetic_broden(args.out, images=args.images, size=args.size, seed=args.seed, progress=not args.quiet)
+    write = write_world_broden if args.world else synthetic_broden
+    out = write(args.out, images=args.images, size=args.size, seed=args.seed, progress=not args.quiet)
     print(out)
 
 

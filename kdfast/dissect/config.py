@@ -55,7 +55,7 @@ class DissectConfig:
     layers: tuple = ("layer4",)
     weights: str = None
     trust_weights: bool = False
-    broden: str = None  # None: the small synthetic Broden from kdfast.data.synthetic_broden.default_broden()
+    broden: str = None  # None: the synthetic world's Broden, kdfast.data.synthetic_world.world_broden()
     broden_cache: str = None  # where the packed Broden goes; None: <broden>/.kdfast_cache
     out: str = "dissect_out"
     quantiles: tuple = (0.005,)

@@ -57,12 +57,12 @@ def _rank0_first(dist, make):
 
 
 def open_broden(config, dist):
-    """(BrodenDataset, PackedBroden) of --broden, or of the small synthetic Broden when none is given; the
+    """(BrodenDataset, PackedBroden) of --broden, or of the synthetic world's Broden when none is given; the
     packed cache is built on first use."""
     from kdfast.data.broden import BrodenDataset
-    from kdfast.data.synthetic_broden import default_broden
+    from kdfast.data.synthetic_world import world_broden
 
-    root = config.broden if config.broden is not None else _rank0_first(dist, default_broden)
+    root = config.broden if config.broden is not None else _rank0_first(dist, world_broden)
     dataset = BrodenDataset(root, categories=None if config.categories is None else list(config.categories))
     packed = _rank0_first(
         dist, lambda: dataset.pack(cache_dir=config.broden_cache, workers=config.workers,
