@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "emulation.h"
+
 TORCH_LIBRARY(kdfast, m) {
   // Per-unit k-th largest of acts ((M, U) or (N, U, H, W) float32): a (U,) tensor.
   m.def("topk_threshold(Tensor acts, int k) -> Tensor");
@@ -44,4 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "kdfast compiled kernels (ops are registered under torch.ops.kdfast)";
   m.def("built_with_cuda", &built_with_cuda, "whether the CUDA kernels were compiled into this build");
   m.def("openmp_threads", []() { return at::get_num_threads(); }, "intra-op threads the CPU kernels use");
+  m.def("_emulate_iou_tally_cuda", &kdfast::emulate_iou_tally_cuda,
+        "tests: the CUDA tally kernel's grid emulated on the host (blocks and threads in seeded shuffled order)");
+  m.def("_emulate_topk_cuda", &kdfast::emulate_topk_cuda,
+        "tests: the CUDA top-k algorithm with its kernels' grids emulated on the host");
 }

@@ -2,39 +2,12 @@
 #include <ATen/ATen.h>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
+#include "iou_tally/iou_tally_block.h"
 #include "macros.h"
 
 namespace kdfast {
-
-// Half-pixel bilinear upsampling (align_corners=False, source index clamped at 0, edge-replicated):
-// the source rows/columns and weight for output index `dst` of an `in_size` -> `out_size` resize.
-// Everything is double so that the CPU and CUDA kernels (and the float64 reference) agree exactly.
-struct LerpIndex {
-  int i0, i1;
-  double t;
-};
-
-KDFAST_HD LerpIndex source_index(int dst, int in_size, int out_size) {
-  const double scale = (double)in_size / (double)out_size;
-  double src = scale * ((double)dst + 0.5) - 0.5;
-  if (src < 0.0) src = 0.0;
-  int i0 = (int)src;
-  if (i0 > in_size - 1) i0 = in_size - 1;
-  const int i1 = i0 < in_size - 1 ? i0 + 1 : i0;
-  return {i0, i1, src - (double)i0};
-}
-
-// a + t·(b − a): exact when a == b (so a constant map upsamples to exactly its value) and never
-// outside [min(a, b), max(a, b)], so a map whose maximum is <= T never yields a pixel > T.
-KDFAST_HD double lerp(double a, double b, double t) { return a + t * (b - a); }
-
-// The upsampled value at output pixel (y, x) of an h x w map stored row-major at `map`.
-KDFAST_HD double bilinear_at(const float* map, int w, const LerpIndex& ry, const LerpIndex& rx) {
-  const double top = lerp((double)map[ry.i0 * w + rx.i0], (double)map[ry.i0 * w + rx.i1], rx.t);
-  const double bottom = lerp((double)map[ry.i1 * w + rx.i0], (double)map[ry.i1 * w + rx.i1], rx.t);
-  return lerp(top, bottom, ry.t);
-}
 
 // Checks shapes and dtypes shared by every backend and returns the per-label pixel counts, which are
 // plain bincounts: each plane pixel counts for its label, each image-level label for seg_h·seg_w pixels.
@@ -54,7 +27,11 @@ inline at::Tensor check_tally_inputs_and_count_labels(const at::Tensor& acts, co
   TORCH_CHECK(image_labels.scalar_type() == at::kInt, "kdfast.iou_tally: image_labels must be int32");
   TORCH_CHECK(label_category.dim() == 1 && label_category.size(0) >= 1 && label_category.scalar_type() == at::kLong,
               "kdfast.iou_tally: label_category must be a non-empty int64 vector (one entry per label number)");
-  TORCH_CHECK(num_categories >= 1 && num_categories <= 64, "kdfast.iou_tally: num_categories must be in [1, 64]");
+  TORCH_CHECK(num_categories >= 1 && num_categories <= kTallyMaxCategories,
+              "kdfast.iou_tally: num_categories must be in [1, ", kTallyMaxCategories, "]");
+  TORCH_CHECK(seg.size(2) * seg.size(3) < (int64_t(1) << 31) && acts.size(2) * acts.size(3) < (int64_t(1) << 31),
+              "kdfast.iou_tally: maps and label planes must have fewer than 2^31 pixels, got ", acts.sizes(), " and ",
+              seg.sizes());
   for (const auto* t : {&thresholds, &seg, &image_labels, &label_category}) {
     TORCH_CHECK(t->device() == acts.device(), "kdfast.iou_tally: all tensors must be on ", acts.device());
   }
@@ -113,7 +90,48 @@ struct TallyProblem {
     if (!category_gated && !empty()) present = categories_present(seg, image_labels, label_category, C);
   }
   bool empty() const { return B == 0 || U == 0 || h == 0 || w == 0 || SH == 0 || SW == 0; }
+  // Launch arguments for images [b0, ...), with index tables `rows` (SH) and `cols` (SW).
+  TallyArgs args(int64_t b0, const LerpIndex* rows, const LerpIndex* cols) const {
+    TallyArgs a{};
+    a.acts = acts.const_data_ptr<float>() + b0 * U * h * w;
+    a.thresholds = thresholds.const_data_ptr<float>();
+    a.seg = seg.const_data_ptr<int32_t>() + b0 * P * SH * SW;
+    a.image_labels = image_labels.const_data_ptr<int32_t>() + b0 * Q;
+    a.label_category = label_category.const_data_ptr<int64_t>();
+    a.present = present.defined() ? present.const_data_ptr<uint8_t>() + b0 * C : nullptr;
+    a.rows = rows, a.cols = cols;
+    a.U = (int)U, a.h = (int)h, a.w = (int)w, a.P = (int)P, a.SH = (int)SH, a.SW = (int)SW, a.Q = (int)Q;
+    a.L = (int)L, a.C = (int)C;
+    a.inter = reinterpret_cast<unsigned long long*>(inter.data_ptr<int64_t>());
+    a.act = reinterpret_cast<unsigned long long*>(act.data_ptr<int64_t>());
+    return a;
+  }
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {label_counts, inter, act}; }
 };
+
+// The output rows' (or columns') source indices: one table per call, shared by every map.
+inline std::vector<LerpIndex> lerp_table(int64_t out_size, int64_t in_size) {
+  std::vector<LerpIndex> table(out_size);
+  for (int64_t i = 0; i < out_size; ++i) table[i] = source_index((int)i, (int)in_size, (int)out_size);
+  return table;
+}
+
+// Runs one (image, unit) block on the host with `threads` threads: every phase visits the threads in the
+// order `order(phase)` returns (a permutation of 0..threads-1), with the same barriers as the CUDA kernel.
+// The CPU kernel runs one thread; the emulation tests run many in shuffled order.
+template <typename Order>
+void run_tally_block_on_host(const TallyArgs& a, int b, int u, int threads, std::vector<float>& dynamic,
+                             Order&& order) {
+  TallyShared shared;
+  dynamic.resize(a.h + a.w);
+  TallyBlock block(a, shared, dynamic.data(), b, u);
+  for (int t : order(0)) block.maxima(t, threads);
+  bool live = true;
+  for (int t : order(1)) live = block.bound(t, threads) && live;  // uniform: every thread agrees
+  if (!live) return;
+  for (int t : order(2)) shared.count += block.pixels(t, threads);
+  for (int t : order(3)) block.image_labels(t, threads);
+  for (int t : order(4)) block.activations(t, threads);
+}
 
 }  // namespace kdfast

@@ -4,46 +4,9 @@
 #include <cstring>
 
 #include "macros.h"
+#include "topk_threshold/topk_block.h"
 
 namespace kdfast {
-
-// Where value i of unit u lives. Activations are (N, U, H, W) with H·W contiguous (inner = H·W) or
-// (M, U) with any strides (inner = 1): offset = u·s_unit + (i / inner)·s_outer + (i % inner).
-struct UnitView {
-  int64_t units;
-  int64_t count;  // M values per unit
-  int64_t inner;
-  int64_t s_outer;
-  int64_t s_unit;
-};
-
-KDFAST_HD int64_t unit_offset(const UnitView& v, int64_t u, int64_t i) {
-  return u * v.s_unit + (i / v.inner) * v.s_outer + (i % v.inner);
-}
-
-// Order-preserving map float -> uint32: a < b (as floats, no NaN) iff key(a) < key(b), with -0 < +0.
-KDFAST_HD uint32_t float_order_key(float x) {
-  uint32_t bits;
-#if defined(__CUDA_ARCH__)
-  bits = __float_as_uint(x);
-#else
-  std::memcpy(&bits, &x, sizeof(bits));
-#endif
-  // Negative: flip every bit; non-negative: set the sign bit. Branch-free, since signs are random.
-  const uint32_t negative = (uint32_t)((int32_t)bits >> 31);
-  return bits ^ (negative | 0x80000000u);
-}
-
-KDFAST_HD float float_from_order_key(uint32_t key) {
-  uint32_t bits = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-  float x;
-#if defined(__CUDA_ARCH__)
-  x = __uint_as_float(bits);
-#else
-  std::memcpy(&x, &bits, sizeof(x));
-#endif
-  return x;
-}
 
 // Validates acts (float32, 2-D (M, U) or 4-D (N, U, H, W)) and k, and describes its layout.
 // A 4-D tensor whose H·W block is not contiguous is copied first; `storage` keeps that copy alive.
@@ -75,6 +38,11 @@ inline UnitView make_unit_view(const at::Tensor& acts, int64_t k, at::Tensor& st
   TORCH_CHECK(k >= 1, "kdfast: k must be >= 1, got ", k);
   TORCH_CHECK(k <= v.count, "kdfast: k = ", k, " exceeds the ", v.count, " values per unit");
   return v;
+}
+
+inline void check_finite_count(int64_t nonfinite) {
+  TORCH_CHECK_VALUE(nonfinite == 0, "kdfast: acts contains ", nonfinite,
+                    " NaN or Inf value(s); activations must be finite");
 }
 
 }  // namespace kdfast

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <functional>
 #include <vector>
 
@@ -66,19 +67,29 @@ void for_each_value(const float* data, const UnitView& v, int64_t u0, int64_t u1
 }
 
 // Runs the two-pass selection for every unit, chunk by chunk, and hands each finished unit to `emit`.
+// The histogram pass doubles as the finiteness check (no separate pass): NaN/Inf is an error (raised once
+// every thread is done; whatever was emitted is discarded with the output).
 template <typename Emit>
 void select_units(const float* data, const UnitView& v, int64_t k, Emit&& emit) {
+  std::atomic<int64_t> nonfinite{0};
   at::parallel_for(0, v.units, 1, [&](int64_t begin, int64_t end) {
     std::vector<UnitSelection> sel(std::min<int64_t>(kUnitChunk, end - begin));
+    int64_t bad = 0;
     for (int64_t u0 = begin; u0 < end; u0 += kUnitChunk) {
       const int64_t u1 = std::min(end, u0 + kUnitChunk);
       for (int64_t j = 0; j < u1 - u0; ++j) sel[j].reset();
-      for_each_value(data, v, u0, u1, [&](int64_t j, float x) { ++sel[j].hist[float_order_key(x) >> kShift]; });
+      for_each_value(data, v, u0, u1, [&](int64_t j, float x) {
+        bad += !is_finite_value(x);
+        ++sel[j].hist[float_order_key(x) >> kShift];
+      });
+      if (bad) break;
       for (int64_t j = 0; j < u1 - u0; ++j) sel[j].choose_bucket(k);
       for_each_value(data, v, u0, u1, [&](int64_t j, float x) { sel[j].collect(x); });
       for (int64_t j = 0; j < u1 - u0; ++j) emit(u0 + j, sel[j]);
     }
+    nonfinite += bad;
   });
+  check_finite_count(nonfinite.load());
 }
 
 at::Tensor topk_threshold_cpu(const at::Tensor& acts, int64_t k) {
