@@ -123,3 +123,20 @@ def test_world_broden_reads_back(tmp_path):
     dataset = BrodenDataset(out)
     assert len(dataset) == 12
     assert set(dataset.categories) == {"color", "object", "part", "material", "scene", "texture"}
+
+
+def test_in_memory_data_type_goes_with_datasets_in_code(tmp_path):
+    from kdfast.distill.config import ConfigError, from_dict
+    from kdfast.distill.trainer import in_memory_datasets, train
+
+    config = from_dict({"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 4, "workers": 0,
+                        "data": {"type": "memory", "augment": False, "normalize": False},
+                        "student": {"spec": TINY, "kwargs": {"widths": [4, 4, 4, 4]}},
+                        "log": {"progress": False, "epoch_lines": False}})
+    with pytest.raises(ConfigError, match="data.type: 'memory'"):
+        train(config)
+    with pytest.raises(ValueError, match=r"val_images: expected a float \(N, C, H, W\) tensor"):
+        in_memory_datasets(torch.rand(4, 3, 8, 8), torch.zeros(4), torch.zeros(4, 8, 8), torch.zeros(4))
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1] * 4)
+    summary = train(config, datasets=in_memory_datasets(images, labels, images[:4], labels[:4]))
+    assert summary["epochs"] == 1 and 0 <= summary["final_val_acc"] <= 1

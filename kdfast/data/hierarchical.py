@@ -15,22 +15,17 @@ deterministic for a seed.
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from kdfast.data.generated import cache_root, generated_dataset  # noqa: F401  (cache_root: used by voc, waterbirds)
+
 SHAPES = ("disc", "square", "triangle", "diamond", "cross", "ring")
 # Patterns are symmetric under horizontal flips, so flip augmentation keeps every image in its class.
 PATTERNS = ("plain", "hstripes", "vstripes", "checker", "dots")
-
-
-def cache_root():
-    """$KDFAST_CACHE, else ~/.cache/kdfast."""
-    return Path(os.environ.get("KDFAST_CACHE", Path.home() / ".cache" / "kdfast"))
 
 
 def class_names(superclasses, subclasses):
@@ -168,28 +163,4 @@ def hierarchical_dataset(
     existing folder is reused when its params.json matches, and is an error otherwise. Generation goes to a
     temporary folder that is renamed when complete, so an interrupted run never leaves a partial dataset."""
     params = _params(superclasses, subclasses, train_per_class, val_per_class, size, seed)
-    if root is None:
-        root = cache_root() / ("hierarchical-" + "-".join(f"{k}{v}" for k, v in params.items()))
-    root = Path(root)
-    if root.exists():
-        found = root / "params.json"
-        if not found.is_file():
-            raise ValueError(f"{root} exists but is not a generated hierarchical dataset (no params.json)")
-        existing = json.loads(found.read_text())
-        if existing != params:
-            raise ValueError(
-                f"{root} holds a hierarchical dataset generated with {existing}, not {params}; use another folder"
-            )
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}"
-    if partial.exists():
-        shutil.rmtree(partial)
-    generate(partial, progress=progress, **params)
-    try:
-        os.replace(partial, root)
-    except OSError:  # another process finished the same dataset first
-        shutil.rmtree(partial)
-        if not (root / "params.json").is_file():
-            raise
-    return root
+    return generated_dataset(root, params, lambda out: generate(out, progress=progress, **params), "hierarchical")

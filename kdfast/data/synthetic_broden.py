@@ -14,15 +14,13 @@ Image i is drawn from its own generator seeded with (seed, i): the first k image
 
 import csv
 import functools
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from kdfast.data import generated
 from kdfast.data.broden import CATEGORY_HEADER, CATEGORY_LABEL_HEADER, INDEX_META_COLUMNS, LABEL_HEADER
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -55,22 +53,22 @@ DEFAULT_IMAGES, DEFAULT_SIZE, DEFAULT_SEED = 200, 224, 0
 SYNTHETIC_VERSION = 2  # part of default_broden's folder name: bump when the drawing changes
 
 
-def _label_table():
-    """Global label names (index = number, 0 = unlabeled) and the categories of each; a name used by two
-    categories is one label."""
-    names, categories = ["-"], [[]]
-    members = (COLOR_PALETTE, OBJECT_SHAPES, PARTS, MATERIALS, SCENE_BACKGROUNDS, TEXTURES)
-    for category, names_in_category in zip(CATEGORIES, members, strict=True):
+def label_table(members, categories=CATEGORIES):
+    """Global label names (index = number, 0 = unlabeled) and the categories of each, from the names of each
+    category in `categories` order; a name used by two categories is one label."""
+    names, label_categories = ["-"], [[]]
+    for category, names_in_category in zip(categories, members, strict=True):
         for name in names_in_category:
             if name in names:
-                categories[names.index(name)].append(category)
+                label_categories[names.index(name)].append(category)
             else:
                 names.append(name)
-                categories.append([category])
-    return names, categories
+                label_categories.append([category])
+    return names, label_categories
 
 
-LABEL_NAMES, LABEL_CATEGORIES = _label_table()
+LABEL_NAMES, LABEL_CATEGORIES = label_table(
+    (COLOR_PALETTE, OBJECT_SHAPES, PARTS, MATERIALS, SCENE_BACKGROUNDS, TEXTURES))
 LABEL_NUMBER = {name: number for number, name in enumerate(LABEL_NAMES) if number}
 
 
@@ -315,10 +313,10 @@ def synthetic_broden(out, images=64, size=224, seed=0, progress=True):
 def default_broden(cache_root=None):
     """Path of the embedded default dataset (DEFAULT_IMAGES synthetic images at DEFAULT_SIZE, DEFAULT_SEED), built
     once under `cache_root`, else $KDFAST_CACHE, else ~/.cache/kdfast."""
-    root = Path(cache_root or os.environ.get("KDFAST_CACHE") or Path.home() / ".cache" / "kdfast")
-    path = root / f"synthetic_broden_n{DEFAULT_IMAGES}_s{DEFAULT_SIZE}_seed{DEFAULT_SEED}_v{SYNTHETIC_VERSION}"
-    if path.is_dir():
-        return path
+    path = generated.cache_root(cache_root) / (
+        f"synthetic_broden_n{DEFAULT_IMAGES}_s{DEFAULT_SIZE}_seed{DEFAULT_SEED}_v{SYNTHETIC_VERSION}")
+    return generated.build_atomically(
+        path, lambda out: synthetic_broden(out, DEFAULT_IMAGES, DEFAULT_SIZE, DEFAULT_SEED))
     root.mkdir(parents=True, exist_ok=True)
     # Built beside its final place and renamed in one step, so an interrupted build never looks finished.
     building = root / f".building-{path.name}-{os.getpid()}-{uuid.uuid4().hex}"

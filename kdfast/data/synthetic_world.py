@@ -19,16 +19,14 @@ deterministic for a seed: each image comes from its own generator seeded with (s
 import csv
 import functools
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kdfast.data.synthetic_broden import CATEGORIES, write_broden
+from kdfast.data.generated import build_atomically, cache_root, generated_dataset
+from kdfast.data.synthetic_broden import CATEGORIES, label_table, write_broden
 
 # Superclass → [(class, material)], the class's distinctive part is drawn by _CLASS_PARTS.
 SUPERCLASSES = {
@@ -74,22 +72,9 @@ def class_names(superclasses=3, subclasses=4):
                   for name, _ in SUPERCLASSES[sup][:subclasses])
 
 
-def _label_table():
-    names, categories = ["-"], [[]]
-    objects = sorted({n for classes in SUPERCLASSES.values() for n, _ in classes}
-                     | {s[0] for s in SCENES.values()} | {s[2] for s in SCENES.values()})
-    members = (tuple(PALETTE), objects, PARTS, MATERIALS, tuple(SCENES), TEXTURES)
-    for category, names_in_category in zip(CATEGORIES, members, strict=True):
-        for name in names_in_category:
-            if name in names:
-                categories[names.index(name)].append(category)
-            else:
-                names.append(name)
-                categories.append([category])
-    return names, categories
-
-
-LABEL_NAMES, LABEL_CATEGORIES = _label_table()
+_OBJECTS = sorted({n for classes in SUPERCLASSES.values() for n, _ in classes}
+                  | {s[0] for s in SCENES.values()} | {s[2] for s in SCENES.values()})
+LABEL_NAMES, LABEL_CATEGORIES = label_table((tuple(PALETTE), _OBJECTS, PARTS, MATERIALS, tuple(SCENES), TEXTURES))
 LABEL_NUMBER = {name: number for number, name in enumerate(LABEL_NAMES) if number}
 
 
@@ -339,31 +324,6 @@ def broden_sample(index, size=DEFAULT_SIZE, seed=0):
 # On disk
 
 
-def cache_root(cache_root=None):
-    """`cache_root`, else $KDFAST_CACHE, else ~/.cache/kdfast."""
-    return Path(cache_root or os.environ.get("KDFAST_CACHE") or Path.home() / ".cache" / "kdfast")
-
-
-def _build_atomically(path, build):
-    """build(folder) into a fresh folder beside `path`, renamed to `path` in one step, so an interrupted build
-    never looks finished; a concurrent build that finished first wins."""
-    if path.is_dir():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    building = path.parent / f".building-{path.name}-{os.getpid()}-{uuid.uuid4().hex}"
-    try:
-        build(building)
-        try:
-            os.rename(building, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-    finally:
-        if building.exists():
-            shutil.rmtree(building)
-    return path
-
-
 def write_world_broden(out, images=WORLD_BRODEN_IMAGES, size=DEFAULT_SIZE, seed=0, progress=True):
     """Writes the world's Broden (images JPEG size x size, segmentations at size/2) into the new or empty `out`."""
     if int(seed) < 0:
@@ -375,7 +335,7 @@ def write_world_broden(out, images=WORLD_BRODEN_IMAGES, size=DEFAULT_SIZE, seed=
 def world_broden(cache_root_dir=None, images=WORLD_BRODEN_IMAGES, size=DEFAULT_SIZE, seed=0, progress=True):
     """The world's Broden folder, built once under the kdfast cache (see cache_root)."""
     path = cache_root(cache_root_dir) / f"world_broden_n{images}_s{size}_seed{seed}_v{WORLD_VERSION}"
-    return _build_atomically(path, lambda out: write_world_broden(out, images, size, seed, progress))
+    return build_atomically(path, lambda out: write_world_broden(out, images, size, seed, progress))
 
 
 def _params(superclasses, subclasses, train_per_class, val_per_class, size, seed):
@@ -414,18 +374,6 @@ def world_dataset(root=None, superclasses=3, subclasses=4, train_per_class=100, 
     """The classification set's folder, generated on first use (root=None: in the kdfast cache, one folder per
     parameter set). An existing folder is reused when its params.json matches, and is an error otherwise."""
     params = _params(superclasses, subclasses, train_per_class, val_per_class, size, seed)
-    if root is None:
-        root = cache_root() / ("world-" + "-".join(f"{k}{v}" for k, v in params.items()))
-    root = Path(root)
-    if root.exists():
-        found = root / "params.json"
-        if not found.is_file():
-            raise ValueError(f"{root} exists but is not a generated world dataset (no params.json)")
-        existing = json.loads(found.read_text())
-        if existing != params:
-            raise ValueError(f"{root} holds a world dataset generated with {existing}, not {params}; use another "
-                             "folder")
-        return root
-    generate = dict(params)
-    generate.pop("version")
-    return _build_atomically(root, lambda out: write_world_dataset(out, progress=progress, **generate))
+    generate = {k: v for k, v in params.items() if k != "version"}
+    return generated_dataset(root, params, lambda out: write_world_dataset(out, progress=progress, **generate),
+                             "world")

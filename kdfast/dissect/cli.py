@@ -38,8 +38,8 @@ def parse_args(argv):
                                 formatter_class=_HelpFormatter)
     p.add_argument("--model",
                    help="torchvision model name, timm model name (if timm is installed), path/to/file.py:callable or "
-                        "package.module:callable (default: the checkpoint's own with a trainer --weights; with neither, "
-                        "the synthetic world's default model)")
+                        "package.module:callable (default: the checkpoint's own with a trainer --weights; with "
+                        "neither, the synthetic world's default model)")
     p.add_argument("--weights", help="state dict, or a checkpoint holding one under 'model'/'state_dict'; a trainer "
                                      "checkpoint (best.pt) also names its model and normalisation")
     p.add_argument("--trust-weights", action="store_true",

@@ -274,7 +274,8 @@ def in_memory_datasets(images, labels, val_images, val_labels, classes=None):
             raise ValueError(f"{name}: expected a float (N, C, H, W) tensor, got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
         if not isinstance(y, torch.Tensor) or y.shape != (len(x),):
-            raise ValueError(f"{name}: expected ({len(x)},) class indices beside it, got {tuple(getattr(y, 'shape', ()))}")
+            shape = tuple(getattr(y, "shape", ()))
+            raise ValueError(f"{name}: expected ({len(x)},) class indices beside it, got {shape}")
     if len(images) == 0 or len(val_images) == 0:
         raise ValueError(f"in-memory training needs images in both sets, got {len(images)} and {len(val_images)}")
     count = int(max(labels.max(), val_labels.max())) + 1
