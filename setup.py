@@ -3,7 +3,11 @@
 Environment knobs:
   KDFAST_FORCE_CPU=1        build the CPU-only extension even where nvcc is found.
   TORCH_CUDA_ARCH_LIST      CUDA architectures (default "9.0+PTX": H100/H200 code, PTX for newer GPUs).
-  MAX_JOBS                  parallel compile jobs (ninja).
+  MAX_JOBS                  parallel compile jobs (ninja); default: the CPU cores this process may use.
+  KDFAST_NO_CCACHE=1        do not compile through ccache even where it is installed.
+
+`pip install -e .` builds in pip's isolated environment with the torch pinned in pyproject.toml;
+`pip install --no-build-isolation -e .` builds against the installed torch (see the README's Install section).
 """
 import glob
 import os
@@ -15,14 +19,40 @@ from setuptools import find_packages, setup
 try:
     import torch
     from torch.utils import cpp_extension
-except ImportError:  # pip's isolated build environment has no torch
+except ImportError:  # --no-build-isolation in an environment without torch
     sys.exit(
-        "kdfast builds against the torch installed in your environment, which this build cannot see.\n"
+        "kdfast builds against torch, which this build cannot import.\n"
         "Install torch first (pip install -r requirements.txt), then build with:\n"
         "    pip install --no-build-isolation -e ."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_build_jobs():
+    """MAX_JOBS defaults to the cores this process may use (ninja's own default, cores + 2, oversubscribes a
+    small machine and each nvcc job takes GiBs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("MAX_JOBS", str(max(1, cores)))
+
+
+def use_ccache(cuda_home):
+    """Compiles through ccache when it is installed: a rebuild of unchanged translation units (a fresh build
+    folder, pip's isolated build, another checkout) takes seconds instead of minutes. CXX goes to ccache's
+    compiler wrapper folder (torch runs CXX as one program), nvcc through PYTORCH_NVCC."""
+    ccache = shutil.which("ccache")
+    if ccache is None or os.environ.get("KDFAST_NO_CCACHE", "0") == "1":
+        return "no ccache"
+    wrapper = next((d for d in ("/usr/lib/ccache", "/usr/local/lib/ccache", "/usr/lib64/ccache")
+                    if os.path.exists(os.path.join(d, "c++"))), None)
+    # Python's CFLAGS carry -g, with which ccache hashes the working directory: pip builds in a fresh temporary
+    # folder every time, so without this no build would ever hit the cache.
+    os.environ.setdefault("CCACHE_NOHASHDIR", "1")
+    if wrapper and "CXX" not in os.environ:
+        os.environ["CXX"] = os.path.join(wrapper, "c++")
+    if cuda_home and "PYTORCH_NVCC" not in os.environ:
+        os.environ["PYTORCH_NVCC"] = f"{ccache} {os.path.join(cuda_home, 'bin', 'nvcc')}"
+    return f"ccache {ccache}"
 
 
 def find_cuda_home():
@@ -89,7 +119,10 @@ def extensions():
         extra["nvcc"] = ["-O3", "-fmad=false", "--expt-relaxed-constexpr"] + system_headers
         ext_class = cpp_extension.CUDAExtension
     backends = "cpu + cuda" if with_cuda else "cpu"
-    print(f"[kdfast] building kdfast._C with backends: {backends} ({why})", file=sys.stderr)
+    default_build_jobs()
+    cache = use_ccache(cuda_home if with_cuda else None)
+    print(f"[kdfast] building kdfast._C with backends: {backends} ({why}); MAX_JOBS={os.environ['MAX_JOBS']}, "
+          f"{cache}", file=sys.stderr)
     return [
         ext_class(
             "kdfast._C",
@@ -122,6 +155,13 @@ setup(
         "transformers",
         "tokenizers",
     ],
+    entry_points={
+        "console_scripts": [
+            "kdfast-dissect = kdfast.dissect.cli:run",
+            "kdfast-study = kdfast.study.cli:main",
+            "kdfast-info = kdfast.info:main",
+        ]
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

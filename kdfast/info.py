@@ -53,5 +53,9 @@ def report():
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main():
     print(report())
+
+
+if __name__ == "__main__":
+    main()
