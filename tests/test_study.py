@@ -9,7 +9,7 @@ import yaml
 
 from kdfast.data.synthetic_broden import synthetic_broden
 from kdfast.distill.models import tiny_resnet
-from kdfast.study import MEASURES, StudyError, aggregate_outputs, from_dict, load_study, run_study, validate
+from kdfast.study import MEASURES, StudyError, aggregate_outputs, from_dict, load_study, merge, run_study
 from kdfast.study import runner as study_runner
 from kdfast.study.aggregate import mean_std
 from kdfast.study.plan import plan_runs
@@ -212,3 +212,26 @@ def test_study_files_load_and_plan(tmp_path):
         runs = plan_runs(study)
         assert runs, path
         assert len({r.id for r in runs}) == len(runs)
+
+
+def test_pivot_table_over_a_grid_from_merged_shards(world, tmp_path):
+    """Tables 6-8 layout (alpha rows x T columns) from results fabricated in two shard folders and merged."""
+    table = {"name": "grid", "rows": "alpha", "pivot_columns": "temperature", "columns": ["accuracy"]}
+    grid = {"method.options.alpha": [0.1, 0.9], "method.options.temperature": [1.0, 4.0]}
+    raw = study_dict(world, tmp_path / "merged", teachers={}, teacher=None, seeds=[0], figures=[], tables=[table],
+                     runs={"kd": {"config": str(world / "kd.yaml"), "grid": grid}}, measures={"accuracy": {}})
+    study = from_dict(raw)
+    runs = plan_runs(study)
+    for index, run in enumerate(runs):
+        if run.params == {"alpha": 0.9, "temperature": 4.0}:
+            continue  # never ran: a gap
+        shard = tmp_path / f"shard{index % 2}"
+        folder = study_runner.run_folder(shard, run)
+        study_runner.atomic_write_json(folder / "train" / "summary.json", {"best_val_acc": 0.0})
+        study_runner.atomic_write_json(folder / "measures" / "accuracy.json", {"status": "ok", "rows": [
+            {"metric": "accuracy", "value": run.params["alpha"] + run.params["temperature"] / 100}]})
+    outcome = merge(study, [tmp_path / "shard0", tmp_path / "shard1"])
+    header, rows, caption, notes = outcome.tables[0]
+    assert header == ["alpha \\ temperature", "1.0", "4.0"]
+    assert rows == [["0.1", "11.0", "14.0"], ["0.9", "91.0", "—"]]
+    assert "alpha \\textbackslash{} temperature" in (tmp_path / "merged" / "tables" / "grid.tex").read_text()
