@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdfast.evaluate.data import image_folder_data, synthetic_shapes_data  # noqa: E402
-from kdfast.evaluate.models import TINY_RESNET, read_checkpoint  # noqa: E402
+from kdfast.evaluate.models import TINY_RESNET, check_architecture, read_checkpoint  # noqa: E402
 from kdfast.evaluate.pipeline import METRICS, EvalOptions, Evaluation  # noqa: E402
 from kdfast.evaluate.sources import (DISTILL_DEFAULT_DIR, data_of_run, distill_runs, fallback_setup,  # noqa: E402
                                      load_models)
@@ -106,6 +106,10 @@ def setup(args):
         print(f"[evaluate] evaluating the distillation runs in {args.students_dir}: {', '.join(students)}")
         args.models, args.names = [str(p) for p in students.values()], list(students)
         args.teacher = args.teacher or (str(teacher_path) if teacher_path else None)
+    for path in args.models:
+        check_architecture(path, args.arch)
+    if args.teacher:
+        check_architecture(args.teacher, args.teacher_arch, "--teacher-arch")
     checkpoint = read_checkpoint(args.models[0])
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     data = load_data(args, config)

@@ -1,5 +1,8 @@
 """The synthetic world and the one model registry: a model trained in the world has concept detectors on the
 world's Broden; checkpoints rebuild their model from the path alone; a wrong architecture is named."""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +49,13 @@ def test_wrong_architecture_is_named_before_any_work(trained, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=rf"holds a '{TINY}' model.*not the 'resnet18'"):
         load_classifier(checkpoint, 12, arch="resnet18")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("evaluate_cli_world", script)
+    evaluate_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_cli)
+    with pytest.raises(ValueError, match=rf"--arch resnet18 does not match .*'{TINY}'"):
+        evaluate_cli.main(["--models", str(checkpoint), "--arch", "resnet18", "--out", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists()
 
 
 def test_checkpoint_round_trip(trained):

@@ -32,6 +32,15 @@ def build_classifier(spec, num_classes, kwargs=None, where="--arch", seed=None):
     return registry.build_model(spec, num_classes, kwargs, seed=seed, where=where)
 
 
+def check_architecture(path, arch, flag="--arch"):
+    """Before any work: a trainer checkpoint of another architecture than an explicit `arch` is an error naming
+    both (plain state dicts are checked when their weights load)."""
+    info = registry.checkpoint_info(path) if arch is not None else None
+    if info is not None and info.spec != arch:
+        raise ValueError(f"{flag} {arch} does not match {path}, which holds a '{info.spec}' model (kwargs "
+                         f"{info.kwargs}); drop {flag} to use the checkpoint's own")
+
+
 def load_classifier(path, num_classes, arch=None):
     """(model in eval mode, the checkpoint's config dict or None). A trainer checkpoint rebuilds its own model
     (config.student.spec, kwargs, num_classes; `arch`, when given, must name the same architecture); a plain
