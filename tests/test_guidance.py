@@ -194,3 +194,25 @@ def test_guided_teacher_looks_at_the_object(tmp_path):
     unguided = energy_in_box(build_method("scratch"))
     guided = energy_in_box(build_method("guided", loss="energy", explanation="gradcam", weight=0.1))
     assert guided > unguided + 0.2, (guided, unguided)
+
+
+def test_guiding_all_classes_sums_each_class_map_against_the_label_boxes():
+    from kdfast.distill.guidance import explanation_maps
+    from kdfast.distill.models import tiny_resnet
+
+    torch.manual_seed(1)
+    model = tiny_resnet(3, widths=(4, 4, 8, 8)).double()
+    images = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 2, 1])
+    boxes = torch.tensor([[[0, 2, 2, 9, 9], [2, 0, 0, 16, 16]], [[2, 8, 1, 15, 6], [-1] * 5],
+                          [[-1] * 5, [-1] * 5]])
+    batch = {"images": images, "targets": targets, "boxes": boxes, "indices": torch.arange(3)}
+    out = build_method("guided", loss="energy", weight=0.5, classes="all")(model, None, batch)
+    expected = 0.0
+    for k in range(3):
+        _, maps = explanation_maps("gradcam", model, images, torch.full((3,), k))
+        maps = F.interpolate(maps[:, None], size=(16, 16), mode="bilinear")[:, 0]
+        for b in range(2):  # image 2 has no boxes
+            listed = [row[1:].tolist() for row in boxes[b] if int(row[0]) == int(targets[b])]
+            expected = expected + _their_energy(maps[b], listed)
+    torch.testing.assert_close(out.terms["guidance"], 0.5 * expected)

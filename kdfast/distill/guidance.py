@@ -180,7 +180,7 @@ class Guided(DistillationMethod):
     name = "guided"
 
     def __init__(self, *, loss="energy", explanation="gradcam", weight=1.0, reduction="sum", base="scratch",
-                 base_options=None, layer="layer4", head="fc"):
+                 base_options=None, layer="layer4", head="fc", classes="label"):
         super().__init__()
         from kdfast.distill import build_method
 
@@ -192,10 +192,12 @@ class Guided(DistillationMethod):
             raise ValueError(f"weight must be a number >= 0, got {weight!r}")
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if classes not in ("label", "all"):
+            raise ValueError(f"classes must be 'label' or 'all', got {classes!r}")
         if base == "guided":
             raise ValueError("base: 'guided' cannot wrap itself")
         self.loss, self.explanation, self.weight, self.reduction = loss, explanation, float(weight), reduction
-        self.layer, self.head = layer, head
+        self.layer, self.head, self.classes = layer, head, classes
         self.base = build_method(base, **(base_options or {}))
         self.needs_teacher = self.base.needs_teacher
 
@@ -207,10 +209,24 @@ class Guided(DistillationMethod):
             raise KeyError("method 'guided' needs 'boxes' in the batch (data.type waterbirds or voc provide them); "
                            f"the batch has: {', '.join(sorted(batch))}")
         out = self.base(student, teacher, batch)
-        images = batch["images"]
+        images, boxes = batch["images"], batch["boxes"].to(batch["images"].device)
         classes = guided_classes(batch["targets"]).to(images.device)
-        _, maps = explanation_maps(self.explanation, student, images, classes, self.layer, self.head)
-        loss, _ = guidance_loss(self.loss, maps, batch["boxes"].to(images.device), classes,
-                                image_size=images.shape[-2:], reduction=self.reduction)
+        if self.classes == "label":
+            _, maps = explanation_maps(self.explanation, student, images, classes, self.layer, self.head)
+            loss, _ = guidance_loss(self.loss, maps, boxes, classes, image_size=images.shape[-2:],
+                                    reduction=self.reduction)
+        else:
+            # Every class's explanation must lie in the guided class's boxes: no class may draw positive
+            # evidence from outside the object (a label-only guidance leaves the background free to act as
+            # positive evidence for the other classes, i.e. negative evidence for the label).
+            boxes = boxes.clone()
+            loss = 0.0
+            for k in range(out.student_logits.shape[1]):
+                others = torch.full_like(classes, k)
+                _, maps = explanation_maps(self.explanation, student, images, others, self.layer, self.head)
+                relabelled = torch.where(boxes[..., :1] == classes[:, None, None], k, -1)
+                relabelled = torch.cat([relabelled, boxes[..., 1:]], dim=-1)
+                loss = loss + guidance_loss(self.loss, maps, relabelled, others, image_size=images.shape[-2:],
+                                            reduction=self.reduction)[0]
         out.terms["guidance"] = self.weight * loss
         return out
