@@ -40,6 +40,18 @@ def test_trained_model_has_concept_detectors_from_the_checkpoint_alone(trained, 
     info = registry.checkpoint_info(checkpoint)
     assert result.config.model == TINY and list(result.config.mean) == info.mean
 
+    # Training in the world is what makes object detectors: the same network at its random initial weights
+    # (a checkpoint with the trained one's config) has fewer.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    untrained = registry.build_model(info.spec, info.num_classes, info.kwargs, seed=0)
+    random_checkpoint = tmp_path / "random.pt"
+    torch.save({"model": untrained.state_dict(), "config": saved["config"], "classes": saved["classes"]},
+               random_checkpoint)
+    baseline = cli.main(["--weights", str(random_checkpoint), "--broden", str(broden), "--layers", "layer4", "--out",
+                         str(tmp_path / "random"), "--quiet", "--batch-size", "16"])
+    random_found = baseline.tallies["layer4"][0].detectors(baseline.config.iou_threshold)
+    assert found.per_category["object"] > random_found.per_category["object"], (found, random_found)
+
 
 def test_wrong_architecture_is_named_before_any_work(trained, tmp_path):
     checkpoint, broden = trained
