@@ -199,6 +199,14 @@ def test_bad_input_is_named_before_training(world, tmp_path, no_training):
     torch.save(tiny_resnet(4, **TINY).state_dict(), plain)
     raw = study_dict(world, out, runs={"kd": {"checkpoints": [str(plain)], "model": "resnet18"}})
     assert str(plain) in _error(raw, tmp_path)
+    # A teacher of another architecture than the runs' configs describe.
+    narrow = tmp_path / "narrow.pt"
+    torch.save({"model": tiny_resnet(4, widths=[4, 4, 4, 4]).state_dict(), "config": {"student": {
+        "spec": "kdfast.distill.models:tiny_resnet", "kwargs": {"widths": [4, 4, 4, 4]}, "num_classes": 4}}}, narrow)
+    raw = study_dict(world, out, teachers={"teacher": {"checkpoints": [str(narrow)]}})
+    message = _error(raw, tmp_path)
+    assert "runs.scratch: its config's teacher is 'kdfast.distill.models:tiny_resnet'" in message
+    assert "{'widths': [4, 4, 4, 4]}" in message
     assert not out.exists() or not (out / "runs").exists()
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+from kdfast.models import registry
 from kdfast.study import aggregate, figures, report, tables
 from kdfast.study.measures import get_measure, resolve_options
 from kdfast.study.plan import architecture, plan_runs, select_shard
@@ -36,6 +37,30 @@ def _architecture_key(run):
     return (student.spec, repr(sorted(student.kwargs.items())), student.num_classes)
 
 
+def _teacher_architecture(teacher):
+    """(spec, kwargs) of a teacher run's model: its config's student, or what its checkpoint says it holds."""
+    if teacher.trained:
+        return teacher.config.student.spec, dict(teacher.config.student.kwargs)
+    info = registry.checkpoint_info(teacher.checkpoint)
+    return (info.spec, dict(info.kwargs)) if info is not None else (teacher.model, dict(teacher.kwargs or {}))
+
+
+def _check_teachers(runs):
+    """A trained run's config must describe the architecture of the teacher the study gives it."""
+    by_id = {r.id: r for r in runs}
+    for run in runs:
+        if not (run.trained and run.teacher):
+            continue
+        wanted = run.config.teacher
+        have_spec, have_kwargs = _teacher_architecture(by_id[run.teacher])
+        if wanted.spec is None:
+            raise StudyError(f"runs.{run.name}: the study gives it teacher '{run.teacher}', but its config has no "
+                             "teacher.spec (set teacher: none for this run, or a teacher.spec in its config)")
+        if (wanted.spec, dict(wanted.kwargs)) != (have_spec, have_kwargs):
+            raise StudyError(f"runs.{run.name}: its config's teacher is '{wanted.spec}' (kwargs {dict(wanted.kwargs)}), "
+                             f"but teacher '{run.teacher}' is a '{have_spec}' (kwargs {have_kwargs})")
+
+
 def validate(study):
     """(runs, resolved measure options); raises StudyError for any problem found without training anything:
     unknown keys, methods, measures or options, configs that do not load, teachers, checkpoints of another
@@ -52,6 +77,7 @@ def validate(study):
         if key not in built:
             built[key] = (run.id, architecture(run))
     checked = dict(built.values())
+    _check_teachers(runs)
     for name, options in measures.items():
         measure = get_measure(name)
         if measure.check is not None:
