@@ -10,7 +10,6 @@ boxes become half-open 0-based [x0, x1) = [xmin − 1, xmax). Classes: the 20 VO
 on a noisy background.
 """
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdfast.data.boxes import pad_boxes
-from kdfast.data.hierarchical import SHAPES, _hsv_to_rgb, _shape_mask, cache_root
+from kdfast.data.generated import generated_dataset
+from kdfast.data.hierarchical import SHAPES, _hsv_to_rgb, _shape_mask
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -145,7 +145,8 @@ def render(rng, class_ids, num_classes, size):
 
 def generate_voc_style(root=None, num_classes=4, train=120, val=40, test=40, size=64, seed=0):
     """Writes (or finds) a VOC-layout folder with splits train/val/test; returns it. The first num_classes VOC
-    class names are used (listed in classes.txt). root None: $KDFAST_CACHE/voc_style_<parameters>."""
+    class names are used (listed in classes.txt). root None: a folder named by the parameters in the kdfast
+    cache (kdfast.data.generated)."""
     for name, value in (("num_classes", num_classes), ("train", train), ("val", val), ("test", test),
                         ("size", size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -154,17 +155,30 @@ def generate_voc_style(root=None, num_classes=4, train=120, val=40, test=40, siz
         raise ValueError(f"num_classes must be at most {len(VOC_CLASSES)}, got {num_classes}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
-    params = {"kind": "voc_style", "num_classes": num_classes, "train": train, "val": val, "test": test,
-              "size": size, "seed": seed}
-    if root is None:
-        root = cache_root() / f"voc_style_{num_classes}_{train}_{val}_{test}_{size}_{seed}"
-    root = Path(root)
-    if (root / "params.json").is_file():
-        found = json.loads((root / "params.json").read_text())
-        if found != params:
-            raise ValueError(f"{root} holds a VOC-style set generated with other parameters ({found}); "
-                             f"choose another root or delete it (wanted {params})")
-        return root
+    params = {"num_classes": num_classes, "train": train, "val": val, "test": test, "size": size, "seed": seed}
+
+    def write(folder):
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (folder / sub).mkdir(parents=True)
+        classes = list(VOC_CLASSES[:num_classes])
+        rng = np.random.default_rng(seed)
+        index = 0
+        for split, count in (("train", train), ("val", val), ("test", test)):
+            ids = []
+            for _ in range(count):
+                image_id = f"{2000 + index // 100000}_{index:06d}"
+                chosen = rng.choice(num_classes, size=int(rng.integers(1, min(3, num_classes) + 1)), replace=False)
+                image, objects = render(rng, sorted(chosen.tolist()), num_classes, size)
+                Image.fromarray(image).save(folder / "JPEGImages" / f"{image_id}.jpg", quality=95)
+                (folder / "Annotations" / f"{image_id}.xml").write_text(
+                    _annotation_xml(image_id, size, objects, classes))
+                ids.append(image_id)
+                index += 1
+            (folder / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        (folder / "classes.txt").write_text("\n".join(classes) + "\n")
+        (folder / "params.json").write_text(json.dumps(params, indent=1))
+
+    return generated_dataset(root, params, write, "voc_style")
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} exists, is not empty and is not a generated VOC-style set (no params.json)")
     tmp = root.with_name(root.name + ".tmp")

@@ -18,7 +18,6 @@ blue with horizontal waves), place = y for a `correlation` fraction of training 
 """
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdfast.data.boxes import pad_boxes
-from kdfast.data.hierarchical import _shape_mask, cache_root
+from kdfast.data.generated import generated_dataset
+from kdfast.data.hierarchical import _shape_mask
 
 CLASSES = ("landbird", "waterbird")
 PLACES = ("land", "water")
@@ -195,7 +195,7 @@ def _plan(train_per_class, eval_per_group, correlation, rng):
 def generate_waterbirds_style(root=None, train_per_class=100, eval_per_group=25, correlation=0.95, size=64,
                               seed=0):
     """Writes (or finds, when generated before with the same parameters) a Waterbirds-style folder; returns it.
-    root None: $KDFAST_CACHE/waterbirds_style_<parameters>."""
+    root None: a folder named by the parameters in the kdfast cache (kdfast.data.generated)."""
     for name, value in (("train_per_class", train_per_class), ("eval_per_group", eval_per_group), ("size", size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -203,17 +203,28 @@ def generate_waterbirds_style(root=None, train_per_class=100, eval_per_group=25,
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     if not isinstance(correlation, (int, float)) or not 0.5 <= correlation <= 1:
         raise ValueError(f"correlation must be a fraction in [0.5, 1], got {correlation!r}")
-    params = {"kind": "waterbirds_style", "train_per_class": train_per_class, "eval_per_group": eval_per_group,
+    params = {"train_per_class": train_per_class, "eval_per_group": eval_per_group,
               "correlation": float(correlation), "size": size, "seed": seed}
-    if root is None:
-        root = cache_root() / (f"waterbirds_style_{train_per_class}_{eval_per_group}_{correlation}_{size}_{seed}")
-    root = Path(root)
-    if (root / "params.json").is_file():
-        found = json.loads((root / "params.json").read_text())
-        if found != params:
-            raise ValueError(f"{root} holds a Waterbirds-style set generated with other parameters ({found}); "
-                             f"choose another root or delete it (wanted {params})")
-        return root
+
+    def write(folder):
+        rng = np.random.default_rng(seed)
+        metadata, boxes = [], []
+        for index, (split, y, place) in enumerate(_plan(train_per_class, eval_per_group, correlation, rng)):
+            image, box = render(rng, y, place, size)
+            name = f"{CLASSES[y]}/{index:05d}.png"
+            (folder / CLASSES[y]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / name)
+            metadata.append({"img_id": index, "img_filename": name, "y": y, "split": split, "place": place,
+                             "place_filename": f"/synthetic/{PLACES[place]}/{index:05d}.png"})
+            boxes.append({"img_filename": name, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+        for filename, rows in (("metadata.csv", metadata), ("boxes.csv", boxes)):
+            with open(folder / filename, "w", newline="") as f:
+                writer = csv.DictWriter(f, list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        (folder / "params.json").write_text(json.dumps(params, indent=1))
+
+    return generated_dataset(root, params, write, "waterbirds_style")
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} exists, is not empty and is not a generated Waterbirds-style set (no params.json)")
     tmp = root.with_name(root.name + ".tmp")
