@@ -163,7 +163,9 @@ def execute(study, runs, all_runs, measures, jobs=1, progress=True):
                 status[run.id] = execute_run(out, run, chosen, by_id.get(run.teacher), study.device, study.launcher)
                 bar.update()
             continue
-        context = multiprocessing.get_context("spawn")
+        # fork shares the parent's imports (torch alone takes seconds to import); CUDA cannot be forked.
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" and device_of(study.device) == "cpu"
+                                              else "spawn")
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = {pool.submit(_worker, study.plugins, out, run, chosen, by_id.get(run.teacher), study.device,
                                    study.launcher): run for run in stage}
