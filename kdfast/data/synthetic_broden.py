@@ -102,10 +102,10 @@ def _owner(objects, n):
     return owner
 
 
-@functools.lru_cache(maxsize=16)
-def _pattern(name, n):
-    """(n, n) bool: where a pattern puts its second colour, in image pixels (cached: the same for every image)."""
-    period = max(n // 10, 4)
+@functools.lru_cache(maxsize=32)
+def texture_pattern(name, n, period):
+    """(n, n) bool: where a two-colour pattern puts its second colour, in image pixels (cached: the same for every
+    image). Shared with kdfast.data.synthetic_world's texture images."""
     y, x = np.mgrid[0:n, 0:n]
     if name == "striped":
         return (y // (period // 2)) % 2 == 1
@@ -113,7 +113,13 @@ def _pattern(name, n):
         return (y % period - period / 2) ** 2 + (x % period - period / 2) ** 2 <= (period / 4) ** 2
     if name == "checkered":
         return (y // period + x // period) % 2 == 1
+    if name == "zigzag":
+        return ((y + np.abs((x % period) - period / 2)) // (period // 2)) % 2 == 1
     raise ValueError(f"unknown pattern {name!r}")
+
+
+def _pattern(name, n):
+    return texture_pattern(name, n, max(n // 10, 4))
 
 
 def _noisy(image, rng):

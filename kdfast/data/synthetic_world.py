@@ -17,7 +17,6 @@ layout). Broden also gets whole-image *texture* images (striped, dotted, checker
 deterministic for a seed: each image comes from its own generator seeded with (seed, split, [class,] i).
 """
 import csv
-import functools
 import json
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from kdfast.data.generated import build_atomically, cache_root, generated_dataset
-from kdfast.data.synthetic_broden import CATEGORIES, label_table, write_broden
+from kdfast.data.synthetic_broden import CATEGORIES, label_table, texture_pattern, write_broden
 
 # Superclass → [(class, material)], the class's distinctive part is drawn by _CLASS_PARTS.
 SUPERCLASSES = {
@@ -213,21 +212,6 @@ def _material_shade(material, n, rng):
     raise ValueError(f"unknown material {material!r}")
 
 
-@functools.lru_cache(maxsize=32)
-def _texture(name, n):
-    y, x = np.mgrid[0:n, 0:n]
-    period = max(n // 8, 4)
-    if name == "striped":
-        return (y // (period // 2)) % 2 == 1
-    if name == "dotted":
-        return (y % period - period / 2) ** 2 + (x % period - period / 2) ** 2 <= (period / 4) ** 2
-    if name == "checkered":
-        return (y // period + x // period) % 2 == 1
-    if name == "zigzag":
-        return ((y + np.abs((x % period) - period / 2)) // (period // 2)) % 2 == 1
-    raise ValueError(f"unknown texture {name!r}")
-
-
 def scene_layout(rng, class_name):
     """The drawing of one scene of `class_name`: background and regions (unit-square geometry)."""
     superclass, material = _SUPERCLASS_OF[class_name]
@@ -310,7 +294,7 @@ def broden_sample(index, size=DEFAULT_SIZE, seed=0):
         texture = TEXTURES[rng.integers(len(TEXTURES))]
         first, second = rng.choice(len(BODY_COLOURS), 2, replace=False)
         colours = np.float32([PALETTE[BODY_COLOURS[first]], PALETTE[BODY_COLOURS[second]]])
-        image = np.where(_texture(texture, size)[..., None], colours[1], colours[0])
+        image = np.where(texture_pattern(texture, size, max(size // 8, 4))[..., None], colours[1], colours[0])
         image = np.clip(image + rng.normal(0, NOISE_STD, image.shape) + 0.5, 0, 255).astype(np.uint8)
         return image, {}, {"texture": [LABEL_NUMBER[texture]]}, split
     classes = [name for name, _ in class_names()]
