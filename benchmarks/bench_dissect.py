@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import environment, time_fn, write_results  # noqa: E402
+from benchmarks.common import environment, generator_on, time_fn, write_results  # noqa: E402
 from kdfast import ops  # noqa: E402
 from kdfast.ops.iou_tally import iou_tally  # noqa: E402
 from kdfast.ops.topk_threshold import quantile_rank, topk_threshold  # noqa: E402
@@ -51,18 +51,19 @@ def eager_tally(acts, thresholds, seg, image_labels, label_category, num_categor
 
 
 def tally_inputs(batch, units, size, seg_size, planes, labels, categories, device, gen):
-    acts = torch.randn(batch, units, size, size, generator=gen).relu_()
+    gen = generator_on(device, gen)  # drawn on the device
+    acts = torch.randn(batch, units, size, size, generator=gen, device=device).relu_()
     k = quantile_rank(0.005, batch * size * size)
     thresholds = ops.unit_topk(acts, k)[:, -1]
-    seg = torch.randint(0, labels, (batch, planes, seg_size, seg_size), generator=gen, dtype=torch.int32)
-    image_labels = torch.randint(0, labels, (batch, 2), generator=gen, dtype=torch.int32)
-    label_category = torch.randint(0, categories, (labels,), generator=gen)
+    seg = torch.randint(0, labels, (batch, planes, seg_size, seg_size), generator=gen, dtype=torch.int32, device=device)
+    image_labels = torch.randint(0, labels, (batch, 2), generator=gen, dtype=torch.int32, device=device)
+    label_category = torch.randint(0, categories, (labels,), generator=gen, device=device)
     label_category[0] = -1
-    return [t.to(device) for t in (acts, thresholds, seg, image_labels, label_category)]
+    return [acts, thresholds, seg, image_labels, label_category]
 
 
 def bench_topk(device, images, units, size, gen, repeat):
-    acts = torch.randn(images, units, size, size, generator=gen).to(device)
+    acts = torch.randn(images, units, size, size, generator=generator_on(device, gen), device=device)
     k = quantile_rank(0.005, images * size * size)
     ours = time_fn(lambda: topk_threshold(acts, 0.005), device, repeat=repeat)
     eager = time_fn(lambda: eager_threshold(acts, k), device, repeat=repeat)

@@ -29,6 +29,14 @@ def environment(device):
     return info
 
 
+def generator_on(device, cpu_generator):
+    """Where benchmark inputs are drawn: the given CPU generator on a CPU; on a GPU a seeded generator of that
+    device, so that goal-size inputs (6 GB for layer4 top-k) are generated there, not copied from the host."""
+    if torch.device(device).type == "cpu":
+        return cpu_generator
+    return torch.Generator(device=device).manual_seed(int(cpu_generator.initial_seed()))
+
+
 def time_fn(fn, device, warmup=2, repeat=5):
     """Median seconds per call of fn() (after warm-up); synchronises CUDA around every call."""
     is_cuda = torch.device(device).type == "cuda"
