@@ -67,6 +67,20 @@ class PlantedDetectors(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+class RandomConv(PlantedDetectors):
+    """Random-init units (a strided convolution drawn from torch's generator) with the planted crash: the
+    model of a run without --weights, whose weights only --seed makes the same in every process."""
+
+    def __init__(self, crash_after=None):
+        super().__init__(crash_after)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 9, stride=8), nn.ReLU())
+        self.head = nn.Linear(8, 2)
+
+
+def random_conv_crashing():
+    return RandomConv(crash_after=_env("PLANTED_CRASH_AFTER", int))
+
+
 def _env(name, kind):
     value = os.environ.get(name)
     return None if value is None else kind(value)

@@ -202,6 +202,32 @@ def test_killed_run_resumes_to_identical_files(broden, tmp_path, monkeypatch):
         cli.main(planted_args(broden, out, "crashing", "--quantile", "0.02"))
 
 
+def test_killed_run_without_weights_resumes_with_the_same_seeded_model(broden, tmp_path, monkeypatch):
+    """A random-init model (no --weights) is drawn from --seed, not from the process's random state: a run
+    killed between the passes and resumed in a 'new process' (another global seed) writes the uninterrupted
+    run's files byte for byte; another --seed is another model, which the checkpoint refuses."""
+    torch.manual_seed(1)
+    reference = tmp_path / "reference"
+    cli.main(planted_args(broden, reference, "random_conv_crashing", "--quantile", str(QUANTILE)))
+    out = tmp_path / "resumed"
+    args = planted_args(broden, out, "random_conv_crashing", "--quantile", str(QUANTILE), "--checkpoint-every", "1",
+                        "--activation-cache-gb", "0")
+    torch.manual_seed(2)
+    monkeypatch.setenv("PLANTED_CRASH_AFTER", "6")  # a probe forward and 5 batches: dies at pass 2's first batch
+    with pytest.raises(Exception, match="planted crash"):
+        cli.main(args)
+    state = torch.load(out / ".checkpoints" / "rank0.pt", weights_only=True)
+    assert (state["pass1_next"], state["pass2_next"]) == (5, 0)
+    monkeypatch.delenv("PLANTED_CRASH_AFTER")
+    with pytest.raises(ValueError, match=r"different arguments \(seed: 0 then, 1 now"):
+        cli.main([*args, "--seed", "1"])
+    torch.manual_seed(3)
+    cli.main(args)
+    assert output_files(out) == output_files(reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["seed"] == 0 and run["weights"] is None and run["versions"]["torch"] == torch.__version__
+
+
 def test_torchvision_model_several_layers(broden, tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "out"

@@ -44,6 +44,9 @@ def parse_args(argv):
                                      "checkpoint (best.pt) also names its model and normalisation")
     p.add_argument("--trust-weights", action="store_true",
                    help="unpickle arbitrary objects in --weights (torch.load weights_only=False); trusted files only")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights of a model built without --weights (the same seed, the same model in "
+                        "every process, resume and torchrun rank)")
     p.add_argument("--layers", nargs="+", default=["layer4"], help="module names to dissect (one forward pass)")
     p.add_argument("--broden", help="Broden directory (broden1_224 layout); default: the synthetic world's Broden")
     p.add_argument("--broden-cache", help="folder for the packed Broden (default: <broden>/.kdfast_cache)")
@@ -127,6 +130,7 @@ def config_from_args(args):
         layers=tuple(args.layers),
         weights=weights,
         trust_weights=args.trust_weights,
+        seed=args.seed,
         broden=broden,
         broden_cache=args.broden_cache,
         out=args.out,

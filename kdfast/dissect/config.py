@@ -55,6 +55,9 @@ class DissectConfig:
     layers: tuple = ("layer4",)
     weights: str = None
     trust_weights: bool = False
+    # Seeds the weights of a model built without --weights: the same seed draws the same model in every
+    # process, so a resumed run, every torchrun rank and a re-run all dissect one model (part of the identity).
+    seed: int = 0
     broden: str = None  # None: the synthetic world's Broden, kdfast.data.synthetic_world.world_broden()
     broden_cache: str = None  # where the packed Broden goes; None: <broden>/.kdfast_cache
     out: str = "dissect_out"
@@ -97,6 +100,8 @@ class DissectConfig:
         for name in ("batch_size", "top_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.activation_cache_gb < 0:
@@ -120,6 +125,7 @@ class DissectConfig:
         post-processing, so a resumed or finished run may change them."""
         return {
             "model": model_identity,
+            "seed": None if self.weights else int(self.seed),
             "layers": list(self.layers),
             "broden": broden_fingerprint,
             "images": int(images),

@@ -1,11 +1,10 @@
 """The model under dissection: normalising its input and recording the activations of chosen layers with forward
 hooks (models are built and their weights loaded by kdfast.models.registry)."""
-import hashlib
-
 import torch
 
 # The builders and the weights loader live in the one model registry; imported here for the dissection's callers.
 from kdfast.models.registry import build_model, load_weights, split_file_spec  # noqa: F401
+from kdfast.provenance import file_digest  # noqa: F401  (identifies a model file or checkpoint in a fingerprint)
 
 # Per-channel mean/std on the 0..1 scale, applied as (pixel/255 − mean)/std.
 PREPROCESS = {
@@ -14,15 +13,6 @@ PREPROCESS = {
     # divided by 255·0.224 = 57.12.
     "lite": ((124.6901 / 255, 118.6897 / 255, 109.5388 / 255), (0.224, 0.224, 0.224)),
 }
-
-
-def file_digest(path):
-    """sha256 of a file's bytes: identifies a model file or checkpoint in a run's fingerprint."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Normalizer:

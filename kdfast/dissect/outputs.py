@@ -3,12 +3,14 @@
     OUT/<layer>/tally.csv, summary.json, report.html, detectors.png, images/unit<N>.png   (one quantile)
     OUT/<layer>/q<quantile>/... (the same, per quantile)  + OUT/<layer>/report.html      (several quantiles)
     OUT/<layer>/sweep.csv, sweep.png                     (several quantiles or IoU thresholds)
+    OUT/run.json                                         provenance: settings, weights path + sha256, versions
 """
 from pathlib import Path
 
 from kdfast.dissect import report
 from kdfast.dissect.config import format_value
 from kdfast.dissect.results import summary, sweep_rows, write_json, write_sweep_csv, write_tally_csv
+from kdfast.provenance import provenance
 
 
 def quantile_folder_name(quantile):
@@ -18,6 +20,8 @@ def quantile_folder_name(quantile):
 def write_outputs(result, packed):
     config = result.config
     out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", provenance(config, config.weights))
     for layer, tallies in result.tallies.items():
         top = result.top_images[layer].lists(config.top_images)
         layer_folder = out / layer

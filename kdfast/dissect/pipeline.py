@@ -104,7 +104,7 @@ class Dissector:
         if config.weights is not None:  # a trainer checkpoint rebuilds its own model (kwargs, classes)
             model, _ = load_checkpoint_model(config.weights, config.model, trust=config.trust_weights)
         else:
-            model = build_model(config.model)
+            model = build_model(config.model, seed=config.seed)
         self.model = model.to(self.device).eval()
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
