@@ -1,4 +1,5 @@
-"""The study's figures (matplotlib, PNG): a group without results keeps its slot, marked "no result".
+"""The study's figures (matplotlib, PNG): a group without results keeps its slot, marked "no result" (and ×
+on the axis); a group where only n of its N runs have results says "(n/N runs)" in the legend.
 
 * detectors_per_category_<layer>.png — Fig. 2: detectors per Broden category, one bar per group (mean, error
   bar = std over seeds);
@@ -34,8 +35,11 @@ def _bars(ax, groups, categories, lookup):
         xs = [i + (g - (len(groups) - 1) / 2) * width for i in range(len(categories))]
         means = [_zero_nan(s["mean"]) if s else 0.0 for s in stats]
         errs = [_zero_nan(s["std"]) if s else 0.0 for s in stats]
-        ax.bar(xs, means, width, yerr=errs, capsize=2, label=group if has else f"{group} ({NO_RESULT})",
-               hatch=None if has else "//", edgecolor="grey")
+        label = group if has else f"{group} ({NO_RESULT})"
+        partial = [s for s in stats if s is not None and s["n"] < s["expected"]]
+        if partial:  # some runs failed or are missing: say how many the bars stand on
+            label += f" ({min(s['n'] for s in partial)}/{partial[0]['expected']} runs)"
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=label, hatch=None if has else "//", edgecolor="grey")
         for x, s in zip(xs, stats):
             if s is None:
                 ax.text(x, 0, "×", ha="center", va="bottom", color="red", fontsize=8)
