@@ -17,8 +17,8 @@ def parse_args(argv):
                     "tables, figures and report.html (docs/study.md). Without --config: the embedded default.")
     parser.add_argument("--config", default=str(DEFAULT_STUDY), help="study YAML (default: %(default)s)")
     parser.add_argument("--out", help="output folder (default: the study's output_dir, runs/study/<name>)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained and measured in parallel, one thread each (default 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained and measured in parallel, one thread each (default: the study's jobs, 1)")
     parser.add_argument("--shard", help="i/n: execute only every n-th run from the i-th (0-based), e.g. 0/4")
     parser.add_argument("--merge", nargs="+", metavar="DIR",
                         help="combine the results of shard output folders into this study's folder, then aggregate")
@@ -35,7 +35,7 @@ def main(argv=None):
     try:
         overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
         study = load_study(args.config, overrides)
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             raise StudyError(f"--jobs: expected at least 1, got {args.jobs}")
         shard = parse_shard(args.shard) if args.shard else None
         if args.check:
@@ -46,7 +46,7 @@ def main(argv=None):
         if args.merge:
             outcome = merge(study, args.merge)
         else:
-            outcome = run_study(study, jobs=args.jobs, shard=shard, progress=not args.quiet)
+            outcome = run_study(study, jobs=args.jobs or study.jobs, shard=shard, progress=not args.quiet)
     except StudyError as exc:
         print(f"study error: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,7 @@ class StudyConfig:
     device: str
     launcher: str  # None: train in this process; else a command prefix, e.g. 'torchrun --nproc_per_node 4'
     plugins: list  # modules imported first (they register measures)
+    jobs: int = 1  # runs executed at a time (worker processes of one thread each); --jobs overrides
 
     def to_dict(self):
         return _plain(dataclasses.asdict(self))
@@ -108,7 +109,7 @@ def _plain(value):
 
 
 TOP_KEYS = ("name", "output_dir", "seeds", "overrides", "teachers", "teacher", "runs", "measures", "tables",
-            "figures", "device", "launcher", "plugins")
+            "figures", "device", "launcher", "plugins", "jobs")
 TRAIN_KEYS = ("config", "overrides", "grid", "seeds", "teacher")
 CHECKPOINT_KEYS = ("checkpoints", "model", "kwargs", "teacher")
 TABLE_KEYS = ("name", "columns", "rows", "pivot_columns", "caption")
@@ -298,7 +299,14 @@ def from_dict(raw, path=None, base=None):
         launcher=raw.get("launcher"),
         plugins=[_expect(p, str, f"plugins[{i}]") for i, p in enumerate(_expect(raw.get("plugins") or [], list,
                                                                                   "plugins"))],
+        jobs=_positive_int(raw.get("jobs", 1), "jobs"),
     )
+
+
+def _positive_int(value, where):
+    if _expect(value, int, where) < 1:
+        raise StudyError(f"{where}: expected at least 1, got {value}")
+    return value
 
 
 def load_study(path, overrides=()):
