@@ -176,10 +176,10 @@ def test_guided_teacher_looks_at_the_object(tmp_path):
 
     def energy_in_box(method):
         torch.manual_seed(0)
-        model = tiny_resnet(2, widths=(8, 16, 32, 32))
+        model = tiny_resnet(2, widths=(8, 8, 16, 16))
         optimizer = torch.optim.Adam(model.parameters(), 3e-3)
         order = torch.Generator().manual_seed(0)
-        for _ in range(20):
+        for _ in range(12):
             pick = torch.randperm(len(train["images"]), generator=order)[:32]
             loss = method(model, None, {k: v[pick] for k, v in train.items()}).loss
             optimizer.zero_grad()
