@@ -38,7 +38,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see configs/); without it, the embedded default runs")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last.pt")
-    parser.add_argument("--out", default="distill_out", help="embedded default only: folder of its runs")
+    parser.add_argument("--out", default="runs/distill", help="embedded default only: folder of its runs")
     parser.add_argument("--runs", type=_run_list, default=list(EMBEDDED_RUNS),
                         help=f"embedded default only: comma list of its runs to train (default: "
                              f"{','.join(EMBEDDED_RUNS)})")

@@ -11,8 +11,8 @@ Metrics: agreement (top-1, vs --teacher), entropy (entire / within the true clas
 (five-band scores + binary splits, synthetic shapes only), diffroar, lossgrad (figure), epg (EPG and IoU against
 boxes), shift (shift-equivariance curve). Without --metrics every metric the data supports runs.
 
-With no --models: evaluates the students of `python scripts/distill.py`'s embedded default (distill_out/<run>/
-best.pt, teacher distill_out/teacher/best.pt) on their validation data; when that folder does not exist, trains a
+With no --models: evaluates the students of `python scripts/distill.py`'s embedded default (runs/distill/<run>/
+best.pt, teacher runs/distill/teacher/best.pt) on their validation data; when that folder does not exist, trains a
 small teacher, a scratch and a KD student on generated 48-px shapes (cached under --out) and compares those.
 """
 import argparse
@@ -50,7 +50,7 @@ def parse_args(argv):
     models.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
                         help="input normalisation inside the models (auto: the training config's, else none)")
     models.add_argument("--students-dir", default=str(DISTILL_DEFAULT_DIR),
-                        help="without --models: the distillation default's output folder (default: distill_out)")
+                        help="without --models: the distillation default's output folder (default: runs/distill)")
     data = p.add_argument_group("data")
     data.add_argument("--data", help="synthetic shapes folder (scripts/make_synthetic_shapes.py)")
     data.add_argument("--imagefolder", help="ImageFolder root with <test-split>/ and <train-split>/ class folders")

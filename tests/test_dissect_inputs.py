@@ -114,7 +114,7 @@ def test_bad_sweep_spec(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_unavailable(broden, tmp_path):
-    with pytest.raises(RuntimeError, match="--device cuda was asked for, but CUDA is not available"):
+    with pytest.raises(ValueError, match=r"--device cuda: no CUDA GPU is visible to torch \(use --device cpu\)"):
         cli.main(planted_args(broden, tmp_path / "out", "planted", "--device", "cuda"))
 
 

@@ -4,15 +4,13 @@ import os
 import sys
 from pathlib import Path
 
-from kdfast.data.broden import BrodenFormatError
-from kdfast.dissect.config import DissectConfig, parse_values
-from kdfast.dissect.models import PREPROCESS
-from kdfast.dissect.pipeline import dissect, pack_broden
+# torch and the pipeline are imported where they are needed, so that --help and argument errors come at once.
+from kdfast.dissect.config import PREPROCESS, DissectConfig, parse_values
 
 USAGE = r"""Network dissection of a model's layers over Broden.
 
 With no arguments: the synthetic world's default trained model (kdfast.models.world, trained once and cached)
-at layer4 over the world's synthetic Broden, into ./dissect_out. A trainer checkpoint (best.pt) given as
+at layer4 over the world's synthetic Broden, into ./runs/dissect. A trainer checkpoint (best.pt) given as
 --weights names its own architecture and input normalisation, so --model and --preprocess may be left out.
 Under torchrun the images are sharded across ranks and rank 0 writes the results.
 
@@ -50,7 +48,7 @@ def parse_args(argv):
     p.add_argument("--layers", nargs="+", default=["layer4"], help="module names to dissect (one forward pass)")
     p.add_argument("--broden", help="Broden directory (broden1_224 layout); default: the synthetic world's Broden")
     p.add_argument("--broden-cache", help="folder for the packed Broden (default: <broden>/.kdfast_cache)")
-    p.add_argument("--out", default="dissect_out", help="output folder")
+    p.add_argument("--out", default="runs/dissect", help="output folder")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--quantile", type=float, default=0.005, help="top fraction of activations for T_u")
     q.add_argument("--quantiles", help="sweep: 'start:stop:step' (stop included) or a comma list")
@@ -122,7 +120,14 @@ def resolve_model(args):
 def config_from_args(args):
     quantiles = parse_values(args.quantiles, "--quantiles") if args.quantiles else (args.quantile,)
     iou_thresholds = parse_values(args.iou_thresholds, "--iou-thresholds") if args.iou_thresholds else None
+    if args.device.split(":")[0] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA GPU is visible to torch (use --device cpu)")
     if args.broden is not None and not Path(args.broden).is_dir():  # before a default model is trained
+        from kdfast.data.broden import BrodenFormatError
+
         raise BrodenFormatError(f"Broden directory {args.broden} does not exist")
     model, weights, broden, (mean, std) = resolve_model(args)
     return DissectConfig(
@@ -176,6 +181,8 @@ def main(argv=None):
     """Runs the command line `argv` (default sys.argv[1:]); returns the Dissection (None with --pack-only)."""
     args = parse_args(argv)
     config = config_from_args(args)
+    from kdfast.dissect.pipeline import dissect, pack_broden
+
     if args.pack_only:
         packed = pack_broden(config)
         print(f"packed {len(packed)} Broden images into {packed.cache_dir}")

@@ -1,9 +1,15 @@
-"""What a dissection run is asked to do, checked up front, and the parts of it a checkpoint depends on."""
+"""What a dissection run is asked to do, checked up front, and the parts of it a checkpoint depends on.
+Imports no torch, so that the command line answers --help and argument errors at once."""
 import dataclasses
 from decimal import Decimal, InvalidOperation
 
-from kdfast.dissect.models import PREPROCESS
-
+# Per-channel mean/std on the 0..1 scale, applied as (pixel/255 − mean)/std.
+PREPROCESS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # NetDissect-Lite: RGB 0..255 minus its BGR mean [109.5388, 118.6897, 124.6901] read in RGB order,
+    # divided by 255·0.224 = 57.12.
+    "lite": ((124.6901 / 255, 118.6897 / 255, 109.5388 / 255), (0.224, 0.224, 0.224)),
+}
 DENOMINATORS = ("lite", "netdissect")
 HALF_DTYPES = ("bfloat16", "float16")
 
@@ -60,7 +66,7 @@ class DissectConfig:
     seed: int = 0
     broden: str = None  # None: the synthetic world's Broden, kdfast.data.synthetic_world.world_broden()
     broden_cache: str = None  # where the packed Broden goes; None: <broden>/.kdfast_cache
-    out: str = "dissect_out"
+    out: str = "runs/dissect"
     quantiles: tuple = (0.005,)
     iou_threshold: float = 0.05  # the one summary.json and report.html use
     iou_thresholds: tuple = None  # extra thresholds for sweep.csv (post-processing only)

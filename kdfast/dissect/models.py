@@ -5,14 +5,8 @@ import torch
 # The builders and the weights loader live in the one model registry; imported here for the dissection's callers.
 from kdfast.models.registry import build_model, load_weights, split_file_spec  # noqa: F401
 from kdfast.provenance import file_digest  # noqa: F401  (identifies a model file or checkpoint in a fingerprint)
+from kdfast.dissect.config import PREPROCESS  # noqa: F401  (the input normalisation presets)
 
-# Per-channel mean/std on the 0..1 scale, applied as (pixel/255 − mean)/std.
-PREPROCESS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # NetDissect-Lite: RGB 0..255 minus its BGR mean [109.5388, 118.6897, 124.6901] read in RGB order,
-    # divided by 255·0.224 = 57.12.
-    "lite": ((124.6901 / 255, 118.6897 / 255, 109.5388 / 255), (0.224, 0.224, 0.224)),
-}
 
 
 class Normalizer:
@@ -70,6 +64,13 @@ class LayerRecorder:
                 )
             if not output.dtype.is_floating_point:
                 raise ValueError(f"layer '{name}' outputs {output.dtype}; expected a floating-point feature map")
+            if output.shape[2] * output.shape[3] == 1:
+                # A pooled layer (e.g. ResNet's avgpool): one value per image, which an upsampled mask turns
+                # into "the whole image or nothing"; every unit would tally as the same concept.
+                raise ValueError(
+                    f"--layers {name}: the layer outputs 1x1 maps {tuple(output.shape)}; dissection needs spatial "
+                    "feature maps (pick a layer before the global pooling, e.g. layer4 of a ResNet)"
+                )
             if name in self._outputs:
                 raise ValueError(
                     f"layer '{name}' ran more than once in one forward pass (a shared module); dissect a module "

@@ -9,7 +9,7 @@ from kdfast.evaluate.fallback import fallback_paths, train_fallback_models
 from kdfast.evaluate.models import Normalized, load_classifier
 
 # `python scripts/distill.py` (no arguments) writes <DISTILL_DEFAULT_DIR>/<run>/best.pt, its teacher under "teacher".
-DISTILL_DEFAULT_DIR = Path("distill_out")
+DISTILL_DEFAULT_DIR = Path("runs/distill")
 TEACHER_RUN = "teacher"
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # The fallback: 48-pixel shapes, enough images for tiny ResNets to learn them in a few CPU minutes.

@@ -1,0 +1,42 @@
+"""First use: commands fail fast with one line naming the flag, the embedded defaults need no arguments."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dissect_helpers import REPO, SCRIPT
+from kdfast.dissect import cli
+
+
+def test_dissect_help_imports_no_torch():
+    """--help and argument errors come before the heavy imports (torch alone takes seconds to load)."""
+    code = ("import runpy, sys; sys.argv = ['dissect.py', '--help']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)") % str(SCRIPT)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.stdout.strip().splitlines()[-1] == "False", run.stdout + run.stderr
+
+
+def test_pooled_layer_is_refused(tmp_path):
+    from kdfast.dissect.models import LayerRecorder
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    recorder = LayerRecorder(model, ["1"])
+    with pytest.raises(ValueError, match=r"--layers 1: the layer outputs 1x1 maps"):
+        recorder(torch.zeros(2, 3, 8, 8))
+    assert cli.parse_args([]).seed == 0
+
+
+@pytest.mark.parametrize("script, args, made", [
+    ("make_synthetic_broden.py", ["--images", "2", "--size", "16", "--quiet"], "data/synthetic_broden/index.csv"),
+    ("make_synthetic_shapes.py", ["--train", "2", "--test", "1", "--size", "32", "--workers", "1"],
+     "data/synthetic_shapes/meta.json"),
+])
+def test_dataset_scripts_have_a_default_out(tmp_path, monkeypatch, script, args, made):
+    import runpy
+
+    monkeypatch.chdir(tmp_path)
+    main = runpy.run_path(str(REPO / "scripts" / script))["main"]
+    main(args)
+    assert (tmp_path / made).is_file()
