@@ -27,10 +27,12 @@ def main(argv=None):
     p.add_argument("--split", default="test", help="Waterbirds: train|val|test; VOC: an ImageSets/Main list")
     p.add_argument("--teacher", help="teacher checkpoint for the agreement (default: each run's teacher.weights)")
     p.add_argument("--iou-threshold", type=float, default=E2KD_IOU_THRESHOLD)
+    p.add_argument("--explain", choices=("ground_truth", "predicted"), default="ground_truth",
+                   help="VOC: explain every ground-truth class (Rao et al.) or only those also predicted")
     p.add_argument("--out", default="runs/evaluate/e2kd", help="output folder (default: runs/evaluate/e2kd)")
     args = p.parse_args(argv)
     try:
-        rows = evaluate_runs(args.checkpoints, args.split, args.teacher, args.iou_threshold)
+        rows = evaluate_runs(args.checkpoints, args.split, args.teacher, args.iou_threshold, args.explain)
     except (OSError, ValueError) as exc:
         p.error(str(exc))
     out = Path(args.out)

@@ -110,14 +110,15 @@ def voc_measures(model, dataset, kind, iou_threshold=E2KD_IOU_THRESHOLD, classes
     return result
 
 
-def evaluate_run(checkpoint, split="test", teacher=None, iou_threshold=E2KD_IOU_THRESHOLD):
-    """One row of measures for a run: Waterbirds group measures or VOC F1 / EPG / IoU. `teacher`: a checkpoint
-    for the agreement (default: the run's own teacher.weights, when it names one)."""
+def evaluate_run(checkpoint, split="test", teacher=None, iou_threshold=E2KD_IOU_THRESHOLD, classes="ground_truth"):
+    """One row of measures for a run: Waterbirds group measures or VOC F1 / EPG / IoU (of the ground-truth
+    classes, or of the predicted ones among them: `classes`). `teacher`: a checkpoint for the agreement
+    (default: the run's own teacher.weights, when it names one)."""
     model, config, _ = load_run(checkpoint)
     dataset = evaluation_set(config, split)
     row = {"run": config.name, "checkpoint": str(checkpoint), "method": config.method.name, "split": split}
     if config.data.type == "voc":
-        row.update(voc_measures(model, dataset, explanation_kind(config), iou_threshold))
+        row.update(voc_measures(model, dataset, explanation_kind(config), iou_threshold, classes))
         return row
     teacher_path = teacher or config.teacher.weights
     teacher_model = load_run(teacher_path)[0] if teacher_path and Path(teacher_path).is_file() else None
@@ -125,5 +126,5 @@ def evaluate_run(checkpoint, split="test", teacher=None, iou_threshold=E2KD_IOU_
     return row
 
 
-def evaluate_runs(checkpoints, split="test", teacher=None, iou_threshold=E2KD_IOU_THRESHOLD):
-    return [evaluate_run(c, split, teacher, iou_threshold) for c in checkpoints]
+def evaluate_runs(checkpoints, split="test", teacher=None, iou_threshold=E2KD_IOU_THRESHOLD, classes="ground_truth"):
+    return [evaluate_run(c, split, teacher, iou_threshold, classes) for c in checkpoints]

@@ -24,7 +24,9 @@ def waterbirds_groups(ctx, options):
     return _rows(evaluate_run(ctx.run.checkpoint, options["split"], teacher=str(teacher) if teacher else None))
 
 
-@register_measure("voc_localisation", defaults={"split": "test", "iou_threshold": E2KD_IOU_THRESHOLD})
+@register_measure("voc_localisation", defaults={"split": "test", "iou_threshold": E2KD_IOU_THRESHOLD,
+                                                "classes": "ground_truth"})
 def voc_localisation(ctx, options):
-    result = evaluate_run(ctx.run.checkpoint, options["split"], iou_threshold=options["iou_threshold"])
+    result = evaluate_run(ctx.run.checkpoint, options["split"], iou_threshold=options["iou_threshold"],
+                          classes=options["classes"])
     return _rows(result, ("f1", "epg", "iou", "explained"))
