@@ -5,7 +5,6 @@ method × hyper-parameter point, its seeds) that have a value; `n` counts them a
 runs, so failed or missing runs show as n < expected instead of disappearing.
 """
 import csv
-import json
 import math
 
 from kdfast.study.measures import get_measure
@@ -109,7 +108,3 @@ def write_summary_csv(stats, path):
         for key, s in stats.items():
             writer.writerow([_text(k) for k in key] + [s["n"], s["expected"]] +
                             [_text(s[k]) for k in ("mean", "std", "min", "max")])
-
-
-def write_json(data, path):
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))

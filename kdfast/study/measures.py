@@ -2,7 +2,8 @@
 
     from kdfast.study.measures import register_measure
 
-    @register_measure("my_measure", defaults={"limit": None}, needs_teacher=False, applies=None)
+    @register_measure("my_measure", defaults={"limit": None}, needs_teacher=False, applies=None,
+                      columns=("my_metric",))
     def my_measure(ctx, options):            # ctx: MeasureContext, options: defaults updated by the study's
         acc = ...                            # measures.my_measure mapping (unknown keys are an error)
         return [{"metric": "my_metric", "value": acc}]   # optional keys: layer, quantile, iou_threshold, category
@@ -11,7 +12,8 @@ A measure returns rows (one number each); the study writes them to <run>/measure
 CSV. `check(options, models)` (optional) runs before any training, on {run id: nn.Module with the run's
 architecture}, and raises StudyError for options that cannot work (e.g. a layer that does not exist).
 `needs_teacher`: not taken on teachers, and a trained student without a teacher is an error before training;
-`applies(run) -> bool`: the runs it is taken on (others show 'n/a' in tables).
+`applies(run) -> bool`: the runs it is taken on (others show 'n/a' in tables); `columns`: the metrics the default
+table shows.
 """
 import dataclasses
 import math
@@ -31,6 +33,7 @@ class Measure:
     check: object = None  # (options, {run id: nn.Module}) -> None, raises StudyError
     needs_teacher: bool = False  # not taken on teachers; a student without a teacher is an error
     applies: object = None  # (Run) -> bool: runs the measure is not taken on show 'n/a' (None: all runs)
+    columns: tuple = ()  # metric names the default table shows
 
     def applies_to(self, run):
         if self.needs_teacher and run.role == "teacher":
@@ -41,12 +44,12 @@ class Measure:
 MEASURES = {}
 
 
-def register_measure(name, defaults=None, check=None, needs_teacher=False, applies=None, replace=False):
+def register_measure(name, defaults=None, check=None, needs_teacher=False, applies=None, columns=(), replace=False):
     """Decorator registering `compute(ctx, options) -> rows` under `name` (see the module docstring)."""
     def decorate(compute):
         if name in MEASURES and not replace:
             raise ValueError(f"measure '{name}' is already registered (pass replace=True to replace it)")
-        MEASURES[name] = Measure(name, compute, dict(defaults or {}), check, needs_teacher, applies)
+        MEASURES[name] = Measure(name, compute, dict(defaults or {}), check, needs_teacher, applies, tuple(columns))
         return compute
     return decorate
 
@@ -255,20 +258,21 @@ def _evaluate_metric(metric):
     return compute
 
 
+# The default table's columns of the evaluate metrics (the others are curves and figures: see results.csv).
+EVALUATE_COLUMNS = {"entropy": ("entropy.entire", "entropy.category"), "diffroar": ("diffroar.mean",),
+                    "epg": ("epg.epg", "epg.iou")}
+
+
 def _register_evaluate_metrics():
     from kdfast.evaluate.pipeline import METRICS
 
     for metric in METRICS:
         if metric not in MEASURES:  # 'agreement' is the measure above
-            register_measure(metric, defaults={"limit": None, "train_limit": None, "seed": 0, "options": {}})(
-                _evaluate_metric(metric))
+            register_measure(metric, defaults={"limit": None, "train_limit": None, "seed": 0, "options": {}},
+                             columns=EVALUATE_COLUMNS.get(metric, ()))(_evaluate_metric(metric))
 
 
 _register_evaluate_metrics()
-
-
-def finite(value):
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def device_of(name):

@@ -30,7 +30,8 @@ def dissect_defaults(study):
 
 
 def default_tables(study):
-    """One table: accuracy, agreement, then detectors and concepts (all categories) of every dissected layer."""
+    """One table: accuracy, agreement, detectors and concepts (all categories) of every dissected layer, then
+    the `columns` other measures registered."""
     columns = [{"metric": m} for m in ("accuracy", "agreement") if m in study.measures]
     if "training" in study.measures:
         columns = [{"metric": "val_acc"}, {"metric": "val_agreement"}] + columns
@@ -39,7 +40,7 @@ def default_tables(study):
         columns += [{"metric": "detectors", "layer": layer}, {"metric": "concepts", "layer": layer}]
     for name in study.measures:
         if name not in PERCENT_METRICS + ("dissect", "training"):
-            columns.append({"metric": name, "measure": name})
+            columns += [{"metric": metric, "measure": name} for metric in MEASURES[name].columns]
     return [TableSpec(name="main", columns=columns, caption=f"{study.name}: mean ± std over seeds (ddof 1)")]
 
 
