@@ -49,7 +49,8 @@ def unit_topk_reference(acts, k):
 
 
 def _checked(acts, name="acts"):
-    acts = as_float32(acts, name)
+    # The kernels reject NaN/Inf themselves, counted during their first read (no extra pass over acts).
+    acts = as_float32(acts, name, finite=False)
     check_dims(acts, name, (2, 4), _LAYOUT)
     _extension.load()
     return acts
@@ -95,6 +96,8 @@ class StreamingTopK:
         m = values_per_unit(acts)
         if m == 0:
             return self
+        if m <= self.k:  # kept as they are, so checked here (unit_topk checks the values it reads)
+            as_float32(acts, "acts")
         vals = unit_topk(acts, self.k) if m > self.k else unit_values(acts).to(self._held.device)
         self._pending.append(vals.to(self._held.device))
         self._pending_cols += vals.shape[1]
