@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdfast.distill import losses
 
@@ -63,6 +64,18 @@ def test_soft_target_kl_is_zero_for_identical_logits_and_finite_for_extreme_ones
     zs, zt = rng(3).normal(size=(5, 7)) * 1e4, rng(4).normal(size=(5, 7)) * 1e4
     got = losses.soft_target_kl(t64(zs), t64(zt), 1.0).item()
     assert math.isfinite(got) and got == pytest.approx(kl_np(zs, zt, 1.0), rel=1e-10)
+
+
+def test_soft_target_kl_with_a_minus_inf_teacher_logit_matches_kl_on_probabilities():
+    """A masked class (teacher logit −inf, probability 0) adds nothing, as in torchdistill's KLDivLoss on
+    probabilities (xlogy); the student's gradient stays finite."""
+    zs = t64([[0.5, -1.0, 2.0], [1.0, 0.0, -3.0]]).requires_grad_(True)
+    zt = t64([[1.0, float("-inf"), 0.0], [float("-inf"), 2.0, 1.0]])
+    got = losses.soft_target_kl(zs, zt, 2.0)
+    want = 4.0 * torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(zs / 2.0, dim=1), F.softmax(zt / 2.0, dim=1))
+    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-12, atol=0)
+    got.backward()
+    assert torch.isfinite(zs.grad).all()
 
 
 def test_soft_target_kl_is_zero_for_a_single_class():

@@ -72,13 +72,13 @@ def soft_target_kl(student_logits, teacher_logits, temperature):
     The T² keeps that gradient's scale independent of T."""
     _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
     _check_positive("temperature", temperature)
-    # Both sides as log-probabilities: exact for saturated softmaxes, where p·log p would give 0·(−inf).
-    kl = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        log_target=True,
-        reduction="batchmean",
-    )
+    # Both sides as log-probabilities: exact for saturated softmaxes. A class the teacher gives probability 0
+    # (a −inf logit, e.g. a masked class) adds 0, as torchdistill's KLDivLoss on probabilities (xlogy) does;
+    # F.kl_div(log_target=True) would give 0·(−inf) = NaN there.
+    log_ps = F.log_softmax(student_logits / temperature, dim=1)
+    log_pt = F.log_softmax(teacher_logits / temperature, dim=1)
+    pt = log_pt.exp()
+    kl = (pt * torch.where(pt > 0, log_pt - log_ps, 0.0)).sum() / student_logits.shape[0]
     return temperature**2 * kl
 
 
@@ -103,7 +103,8 @@ def label_smoothing_loss(logits, targets, alpha=0.1):
 
 def multilabel_kd_loss(student_logits, teacher_logits, temperature=1.0):
     """Multi-label logit KD (the e2KD paper's VOC form, eq. C.1):
-    τ·Σ_j KL([ψ_j(z_t/τ), 1 − ψ_j(z_t/τ)] ‖ [ψ_j(z_s/τ), 1 − ψ_j(z_s/τ)]), ψ = sigmoid, batch mean."""
+    τ·Σ_j KL([ψ_j(z_t/τ), 1 − ψ_j(z_t/τ)] ‖ [ψ_j(z_s/τ), 1 − ψ_j(z_s/τ)]), ψ = sigmoid, batch mean.
+    Unlike the e2KD authors' module, saturated sigmoids are not clamped: logsigmoid keeps them exact."""
     _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
     _check_positive("temperature", temperature)
     zs, zt = student_logits / temperature, teacher_logits / temperature

@@ -332,8 +332,9 @@ class FactorTransfer(FeatureDistillation):
     """FT: CE + factor·FT(translator(student layer4), paraphraser.encoder(teacher layer4)), p = 1.
 
     `prepare` first trains the paraphraser (teacher_channels → k·teacher_channels) to reconstruct the frozen
-    teacher's features for `paraphraser_epochs` epochs: summed squared error, SGD(lr, momentum 0.9, wd 5e-4),
-    as torchdistill's ImageNet FT stage 1. The paraphraser is frozen afterwards."""
+    teacher's features for `paraphraser_epochs` epochs: summed squared error, SGD(lr, momentum 0.9, wd 5e-4)
+    as torchdistill's *sample* FT config does stage 1 (its official ImageNet config uses the mean, lr 0.01 and
+    wd 1e-4: see docs/distill_losses.md). The paraphraser is frozen afterwards."""
 
     name = "ft"
 
@@ -543,6 +544,7 @@ class CRD(FeatureDistillation):
                 f"option {option!r} is {dim} but the hooked features flatten to {flat.shape[1]} values per sample; "
                 f"set {option} to {flat.shape[1]}"
             )
+        # float32 (the banks' dtype) also for a float64 model, where the reference keeps float64 (documented).
         return F.normalize(head(flat).float(), dim=1)
 
     def forward(self, student, teacher, batch):

@@ -47,7 +47,9 @@ def energy_pointing_game(attributions, box_masks):
 def box_iou(attributions, box_masks, threshold=0.5):
     """(N,) IoU between {a⁺ min-max normalised per image > threshold} and the box mask.
 
-    A constant map normalises to all zeros (nothing selected, IoU 0)."""
+    A constant map normalises to all zeros (nothing selected, IoU 0). This differs from Rao et al.'s code, whose
+    ε-stabilised normalisation selects the whole image for a constant positive map (IoU = the box's share of the
+    image) and treats near-constant maps likewise (docs/evaluate.md, Deviations)."""
     _check(attributions, box_masks)
     positive = attributions.double().clamp(min=0).flatten(1)
     low = positive.min(dim=1, keepdim=True).values
