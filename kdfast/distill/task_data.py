@@ -35,7 +35,7 @@ def _generator(kind):
     return generate_voc_style
 
 
-def _dataset_class(kind):
+def dataset_class(kind):
     if kind == "waterbirds":
         from kdfast.data.waterbirds import WaterbirdsDataset
 
@@ -73,7 +73,7 @@ def boxed_datasets(config, processes):
                           "the stored maps' augmentation)")
     root = boxed_root(data, processes)
     common = dict(normalize=data.normalize, mean=data.mean, std=data.std, bcos=data.input_encoding == "bcos")
-    cls = _dataset_class(data.type)
+    cls = dataset_class(data.type)
     try:
         train = cls(root, data.train_split, BoxedTransform(data.image_size, flip=data.augment, **common))
         val = cls(root, data.val_split, BoxedTransform(data.image_size, flip=False, **common))

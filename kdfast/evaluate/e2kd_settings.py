@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from kdfast.data.boxes import BoxedTransform
 from kdfast.distill.config import from_dict
 from kdfast.distill.models import build_model
-from kdfast.distill.task_data import BOXED_TYPES, _dataset_class, boxed_root
+from kdfast.distill.task_data import BOXED_TYPES, dataset_class, boxed_root
 from kdfast.explain.gradcam import resize_maps
 from kdfast.metrics.groups import group_metrics
 from kdfast.metrics.multilabel import (E2KD_IOU_THRESHOLD, explained_pairs, localisation_scores, mean_or_none,
@@ -53,7 +53,7 @@ def evaluation_set(config, split):
         raise ValueError(f"the run was trained on data.type {data.type}; these measures need waterbirds or voc")
     transform = BoxedTransform(data.image_size, flip=False, normalize=data.normalize, mean=data.mean, std=data.std,
                                bcos=data.input_encoding == "bcos")
-    return _dataset_class(data.type)(boxed_root(data, _OneProcess()), split, transform)
+    return dataset_class(data.type)(boxed_root(data, _OneProcess()), split, transform)
 
 
 @torch.no_grad()
