@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from kdfast.distill.config import ConfigError, config_yaml, load_config  # noqa: E402
 from kdfast.distill.trainer import CHECKPOINT_BEST, CHECKPOINT_LAST, train  # noqa: E402
 
@@ -42,6 +44,10 @@ def parse_args(argv):
     parser.add_argument("--runs", type=_run_list, default=list(EMBEDDED_RUNS),
                         help=f"embedded default only: comma list of its runs to train (default: "
                              f"{','.join(EMBEDDED_RUNS)})")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: 1 for the embedded default, whose tiny models run fastest "
+                             "on one thread and oversubscribe a busy machine with more; torch's own default with "
+                             "--config)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="config overrides, e.g. optim.lr=0.05 method.options.temperature=2")
@@ -94,6 +100,19 @@ def run_embedded(out, runs, overrides):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    threads = args.threads if args.threads is not None else (1 if args.config is None else None)
+    if threads is not None and threads < 1:
+        print(f"--threads: expected at least 1, got {threads}", file=sys.stderr)
+        return 2
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        return _run(args)
+    finally:  # main() may be called in-process (tests): leave the caller's thread count as it was
+        torch.set_num_threads(previous)
+
+
+def _run(args):
     try:
         if args.config is None:
             if args.print_config:

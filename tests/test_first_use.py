@@ -40,3 +40,14 @@ def test_dataset_scripts_have_a_default_out(tmp_path, monkeypatch, script, args,
     main = runpy.run_path(str(REPO / "scripts" / script))["main"]
     main(args)
     assert (tmp_path / made).is_file()
+
+
+def test_distill_threads_flag_is_checked_and_leaves_the_callers_threads(capsys):
+    import runpy
+
+    main = runpy.run_path(str(REPO / "scripts" / "distill.py"))["main"]
+    threads = torch.get_num_threads()
+    assert main(["--threads", "0"]) == 2
+    assert "--threads: expected at least 1, got 0" in capsys.readouterr().err
+    assert main(["--threads", "1", "--print-config", "--runs", "teacher"]) == 0
+    assert torch.get_num_threads() == threads
