@@ -49,8 +49,10 @@ def parse_args(argv):
     models.add_argument("--teacher-arch", help="architecture of a plain-state-dict teacher")
     models.add_argument("--normalize", default="auto", choices=("auto", "none", "imagenet"),
                         help="input normalisation inside the models (auto: the training config's, else none)")
-    models.add_argument("--students-dir", default=str(DISTILL_DEFAULT_DIR),
-                        help="without --models: the distillation default's output folder (default: runs/distill)")
+    models.add_argument("--students-dir",
+                        help="without --models: a distillation output folder of <run>/best.pt (an error when it "
+                             "holds none). Default: runs/distill, and when that holds no runs, small fallback models "
+                             "are trained on generated shapes")
     data = p.add_argument_group("data")
     data.add_argument("--data", help="synthetic shapes folder (scripts/make_synthetic_shapes.py)")
     data.add_argument("--imagefolder", help="ImageFolder root with <test-split>/ and <train-split>/ class folders")
@@ -98,12 +100,15 @@ def load_data(args, config=None):
 def setup(args):
     """(data, models, sources, teacher)."""
     if args.models is None:
-        students, teacher_path = distill_runs(args.students_dir)
+        folder = args.students_dir or DISTILL_DEFAULT_DIR
+        students, teacher_path = distill_runs(folder)
+        if not students and args.students_dir is not None:  # asked for: never replaced by another experiment
+            raise FileNotFoundError(f"--students-dir {folder}: no distillation runs (<run>/best.pt) in it")
         if not students:
-            print(f"[evaluate] no runs in {args.students_dir}: training a teacher, a scratch and a KD student on "
+            print(f"[evaluate] no runs in {folder}: training a teacher, a scratch and a KD student on "
                   f"generated shapes under {args.out}")
             return fallback_setup(args.out, args.device, args.num_test, args.num_train, args.seed)
-        print(f"[evaluate] evaluating the distillation runs in {args.students_dir}: {', '.join(students)}")
+        print(f"[evaluate] evaluating the distillation runs in {folder}: {', '.join(students)}")
         args.models, args.names = [str(p) for p in students.values()], list(students)
         args.teacher = args.teacher or (str(teacher_path) if teacher_path else None)
     for path in args.models:

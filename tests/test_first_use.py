@@ -51,3 +51,11 @@ def test_distill_threads_flag_is_checked_and_leaves_the_callers_threads(capsys):
     assert "--threads: expected at least 1, got 0" in capsys.readouterr().err
     assert main(["--threads", "1", "--print-config", "--runs", "teacher"]) == 0
     assert torch.get_num_threads() == threads
+
+
+def test_evaluate_mistyped_students_dir_is_an_error(tmp_path):
+    import runpy
+
+    main = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["main"]
+    with pytest.raises(FileNotFoundError, match="--students-dir .*typo: no distillation runs"):
+        main(["--students-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "out")])
