@@ -40,7 +40,9 @@ def test_distill_then_evaluate(tmp_path, capsys):
     assert "f_scratch (1-layer)" in printed and "f_KD (1-layer)" in printed and "teacher (2-layer)" in printed
     manifest = json.loads((out / "models.json").read_text())
     assert [m["name"] for m in manifest["models"]] == ["teacher", "L1-scratch-s0", "L1-kd-s0"]
-    assert all((Path(m["path"]) / "config.json").is_file() for m in manifest["models"])
+    # Paths inside the output folder are stored relative to it (evaluate_nlp.py may run from anywhere).
+    assert all(not Path(m["path"]).is_absolute() and (out / m["path"] / "config.json").is_file()
+               for m in manifest["models"])
     assert sorted(p.name for p in (out / "data").iterdir()) == ["dev.txt", "test.txt", "train.txt"]
     rows = _rows(out / "scores.csv")
     assert [r["name"] for r in rows] == ["teacher", "L1-scratch-s0", "L1-kd-s0"]

@@ -113,10 +113,18 @@ def run_distillation(setup):
                                  device=setup.device, checkpoint_dir=path, desc=name)
                 models.append({"name": name, "kind": kind, "layers": layers, "seed": seed, "path": path})
     os.makedirs(setup.out, exist_ok=True)
+    stored = [{**m, "path": _stored_path(m["path"], setup.out)} for m in models]
     with open(os.path.join(setup.out, MANIFEST), "w") as f:
-        json.dump({"data": setup.data or os.path.join(setup.out, "data"), "classes": setup.classes,
-                   "models": models}, f, indent=1)
+        json.dump({"data": _stored_path(setup.data or os.path.join(setup.out, "data"), setup.out),
+                   "classes": setup.classes, "models": stored}, f, indent=1)
     return models
+
+
+def _stored_path(path, out):
+    """A path as models.json stores it: relative to the output folder when inside it (the folder can move, and
+    evaluate_nlp.py may run from another working directory), else absolute."""
+    path, out = os.path.abspath(path), os.path.abspath(out)
+    return os.path.relpath(path, out) if os.path.commonpath([path, out]) == out else path
 
 
 def read_manifest(out):
@@ -125,7 +133,11 @@ def read_manifest(out):
         raise FileNotFoundError(f"{path} does not exist; train the models first (python scripts/distill_nlp.py "
                                 f"--out {out})")
     with open(path) as f:
-        return json.load(f)
+        manifest = json.load(f)
+    resolve = lambda p: os.path.normpath(os.path.join(out, p))  # noqa: E731  (an absolute p stays as it is)
+    manifest["data"] = resolve(manifest["data"])
+    manifest["models"] = [{**m, "path": resolve(m["path"])} for m in manifest["models"]]
+    return manifest
 
 
 def evaluate_models(models, examples, classes, n_steps=50, internal_batch_size=256, batch_size=32,
