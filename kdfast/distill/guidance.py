@@ -175,7 +175,9 @@ class Guided(DistillationMethod):
         build_method("guided", loss="energy", base="e2kd_gradcam", base_options={"lam": 5})        # + any method
 
     The batch must carry "boxes" (data.type waterbirds or voc). The explanation takes one extra forward of the
-    student (GradCAM: closed form, no double backward; B-cos: a double backward through W(x))."""
+    student (GradCAM: closed form, no double backward; B-cos: a double backward through W(x)).
+    classes="label" guides the guided class's explanation (Rao et al.); "all" guides every class's
+    explanation to the guided class's boxes (one extra forward per class)."""
 
     name = "guided"
 

@@ -30,11 +30,12 @@ def uses_labels(method):
     return f"method '{method.name}' trains on the labels"
 
 
-def mix_images(images, alpha, generator=None):
-    """(mixed images, λ, permutation): λ·x + (1 − λ)·x[perm], λ ~ Beta(α, α) (one per batch)."""
+def mix_images(images, alpha):
+    """(mixed images, λ, permutation): λ·x + (1 − λ)·x[perm], λ ~ Beta(α, α) (one per batch), both drawn from
+    torch's default generator (which the trainer seeds)."""
     concentration = torch.tensor(float(alpha), dtype=torch.float64)
     lam = float(torch.distributions.Beta(concentration, concentration).sample())
-    perm = torch.randperm(len(images), generator=generator).to(images.device)
+    perm = torch.randperm(len(images)).to(images.device)
     return lam * images + (1 - lam) * images[perm], lam, perm
 
 
