@@ -48,7 +48,7 @@ NOT_IN_DRY_RUN = {"pipeline_layer4": "a synthetic Broden and two dissection pass
 # Tiny sizes for --cpu-dry-run (the same code paths as the goal sizes).
 SIZES = {
     "gpu": dict(topk=(63305, 512, 7), tally4=(256, 512, 7), tally3=(64, 256, 14), kd=(256, 1000, 224),
-                e2kd=(64, 224, 1000), pipeline=(2048, 256, 8), repeat=10),
+                e2kd=(64, 224, 1000), pipeline=(2048, 256, 8), repeat=5),
     "dry": dict(topk=(40, 16, 7), tally4=(2, 16, 7), tally3=(2, 8, 14), kd=(4, 10, 8), e2kd=(2, 32, 10), repeat=1),
 }
 
