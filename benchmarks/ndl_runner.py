@@ -1,5 +1,5 @@
 """Runs NetDissect-Lite as released (a checkout of github.com/CSAILVision/NetDissect-Lite, not part of kdfast)
-on the CPU with today's Python and SciPy, for benchmarks/bench_dissect.py --vs-ndl:
+on the CPU with today's Python and SciPy, for benchmarks/bench_dissect_vs_ndl.py:
 
     python benchmarks/ndl_runner.py NDL_DIR BRODEN_DIR WEIGHTS OUT_DIR
 
@@ -12,10 +12,9 @@ Only what no longer exists is replaced, nothing that changes NDL's work:
 * generators that end with `raise StopIteration` (a RuntimeError since Python 3.7, PEP 479) end with `return`;
 * `settings.py` is written for this job: CPU, ResNet-18 `layer4` with WEIGHTS (a torchvision state dict),
   BRODEN_DIR's categories, results in OUT_DIR; everything else keeps NDL's released values (quantile 0.005,
-  TOPN 10, batch 128, tally batch 16, one tally process, mmap features cleaned up at the end) except
-  SCORE_THRESHOLD: NDL's bar graph crashes when no unit reaches it (max() of an empty list), as with a
-  random-init network at 0.04, so it is 0 here (every unit counts in the bar graph; the report draws every
-  unit either way, so NDL's work is the same).
+  TOPN 10, batch 128, tally batch 16, one tally process, mmap features cleaned up at the end).
+* NDL's bar graph crashes when no unit reaches IoU 0.04 (`max()` of an empty list), as with a random-init
+  network; then the bar graph is skipped (the report still draws every unit, as NDL does).
 """
 import runpy
 import sys
@@ -33,7 +32,7 @@ MODEL = 'resnet18'
 DATASET = 'imagenet'
 QUANTILE = 0.005
 SEG_THRESHOLD = 0.04
-SCORE_THRESHOLD = 0.0
+SCORE_THRESHOLD = 0.04
 TOPN = 10
 PARALLEL = 1
 CATAGORIES = {categories!r}
@@ -107,6 +106,15 @@ def main(ndl, broden, weights, out):
 
     data_loader.SegmentationPrefetcher.batches = batches
     data_loader.SegmentationPrefetcher.tensor_batches = tensor_batches
+
+    from visualize import bargraph
+
+    draw_bars = bargraph.make_svg_bargraph
+
+    def make_svg_bargraph(labels, heights, *args, **kwargs):
+        return draw_bars(labels, heights, *args, **kwargs) if heights else None
+
+    bargraph.make_svg_bargraph = make_svg_bargraph
     runpy.run_path(str(ndl / "main.py"), run_name="__main__")
 
 

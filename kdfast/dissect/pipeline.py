@@ -129,7 +129,7 @@ class Dissector:
 
     def forward(self, images):
         """{layer: float32 (B, U, h, w) on the device, rounded to the activation storage dtype} for uint8
-        images. Finiteness is not checked here (see _flag_nonfinite): that would wait on the device."""
+        images. Finiteness is not checked here (see _nonfinite_flags): that would wait on the device."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
                                                     enabled=self.autocast is not None):
             inputs = self.normalize(images)
