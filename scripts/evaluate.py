@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdfast.evaluate.data import image_folder_data, synthetic_shapes_data  # noqa: E402
+from kdfast.evaluate.e2kd_settings import boxed_runs  # noqa: E402
 from kdfast.evaluate.models import TINY_RESNET, check_architecture, read_checkpoint  # noqa: E402
 from kdfast.evaluate.pipeline import METRICS, EvalOptions, Evaluation  # noqa: E402
 from kdfast.evaluate.sources import (DISTILL_DEFAULT_DIR, data_of_run, distill_runs, fallback_setup,  # noqa: E402
@@ -129,6 +130,12 @@ def setup(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.models and boxed_runs(args.models):  # Waterbirds / VOC runs (docs/e2kd_settings.md): their measures
+        import runpy
+
+        e2kd_cli = runpy.run_path(str(Path(__file__).with_name("evaluate_e2kd.py")))
+        return e2kd_cli["main"](args.models + ["--split", args.test_split, "--out", args.out]
+                                  + (["--teacher", args.teacher] if args.teacher else []))
     data, models, sources, teacher = setup(args)
     options = EvalOptions(batch_size=args.batch_size, explainer=args.explainer, gradcam_layer=args.gradcam_layer,
                           iou_threshold=args.iou_threshold, max_shift=args.max_shift, shift_images=args.shift_images,

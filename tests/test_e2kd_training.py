@@ -64,7 +64,7 @@ VOC = {"type": "voc", "image_size": 16, "synthetic": {"num_classes": 3, "train":
 
 
 def test_trainer_runs_guided_teachers_on_waterbirds_and_voc_and_they_evaluate(tmp_path):
-    from kdfast.evaluate.e2kd_settings import evaluate_run
+    from kdfast.evaluate.e2kd_settings import boxed_runs, evaluate_run
 
     wb = dict(WATERBIRDS, root=str(tmp_path / "wb"))
     summary = Trainer(_config(tmp_path / "a", wb, {"name": "guided", "options": {"weight": 0.1}})).fit()
@@ -72,6 +72,7 @@ def test_trainer_runs_guided_teachers_on_waterbirds_and_voc_and_they_evaluate(tm
     row = evaluate_run(summary["checkpoint"], "test")
     assert {"acc", "worst_group_acc", "in_distribution_acc", "out_of_distribution_acc"} <= set(row)
     assert row["worst_group_acc"] <= row["acc"] + 1e-12
+    assert boxed_runs([summary["checkpoint"]]) and not boxed_runs([str(tmp_path / "none.pt")])
 
     voc = dict(VOC, root=str(tmp_path / "voc"))
     summary = Trainer(_config(tmp_path / "b", voc, {"name": "guided", "options": {"loss": "l1"}})).fit()

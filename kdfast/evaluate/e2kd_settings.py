@@ -126,5 +126,23 @@ def evaluate_run(checkpoint, split="test", teacher=None, iou_threshold=E2KD_IOU_
     return row
 
 
+def boxed_runs(checkpoints):
+    """True when every checkpoint is a scripts/distill.py run on waterbirds / voc data, False when none is (or
+    a file is not such a checkpoint); a mix is an error naming the files."""
+    kinds = {}
+    for path in checkpoints:
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            data_type = saved["config"]["data"]["type"] if isinstance(saved, dict) and "config" in saved else None
+        except (OSError, KeyError, TypeError, RuntimeError):
+            data_type = None
+        kinds[str(path)] = data_type in BOXED_TYPES
+    if len(set(kinds.values())) > 1:
+        boxed = [p for p, k in kinds.items() if k]
+        raise ValueError(f"{', '.join(boxed)} were trained on Waterbirds/VOC data and the other models were not; "
+                         "evaluate them separately")
+    return bool(kinds) and all(kinds.values())
+
+
 def evaluate_runs(checkpoints, split="test", teacher=None, iou_threshold=E2KD_IOU_THRESHOLD, classes="ground_truth"):
     return [evaluate_run(c, split, teacher, iou_threshold, classes) for c in checkpoints]
