@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -39,12 +38,6 @@ _OBJECT_SHAPES = ("triangle", "disc")
 
 def group_of(y, place):
     return 2 * int(y) + int(place)
-
-
-def in_distribution(groups):
-    """Groups where the class matches its training-correlated background (0 and 3)."""
-    groups = torch.as_tensor(groups)
-    return (groups == 0) | (groups == 3)
 
 
 def _split_code(split):
