@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import requires_cuda
 from dissect_helpers import SYNTHETIC, output_files, planted_args
 from kdfast.data.synthetic_broden import synthetic_broden
 from kdfast.dissect import cli
@@ -155,3 +156,19 @@ def test_half_storage_thresholds_the_stored_values(broden, tmp_path):
         acts = planted_model.planted().eval().features(images.float() / 255).half().float()
     k = quantile_rank(QUANTILE, acts.shape[0] * acts.shape[2] * acts.shape[3])
     assert np.array_equal(result.tallies["features"][0].thresholds, unit_topk(acts, k)[:, -1].numpy())
+
+
+@requires_cuda
+def test_cuda_pipeline_equals_cpu(broden, default_run, tmp_path):
+    """The device data path (feeder, activations kept in GPU memory, device flags) against the CPU run; the
+    CUDA run without stored activations (the model runs twice) gives the same files as with them."""
+    out, twice = tmp_path / "cuda", tmp_path / "cuda_twice"
+    cli.main(planted_args(broden, out, "planted", "--quantile", str(QUANTILE), "--device", "cuda"))
+    cli.main(planted_args(broden, twice, "planted", "--quantile", str(QUANTILE), "--device", "cuda",
+                          "--activation-cache-gb", "0"))
+    assert output_files(out / "features") == output_files(twice / "features")
+    with open(out / "features" / "tally.csv", newline="") as f, \
+            open(default_run / "features" / "tally.csv", newline="") as g:
+        got, want = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [(r["unit"], r["label"]) for r in got] == [(r["unit"], r["label"]) for r in want]
+    assert np.allclose([float(r["score"]) for r in got], [float(r["score"]) for r in want], rtol=1e-4, atol=1e-6)
