@@ -94,12 +94,12 @@ def test_bad_weights_through_cli(broden, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("quantiles", (0.0,), r"quantiles must lie in \(0, 1\]"),
-    ("quantiles", (0.01, 0.01), "quantiles repeat"),
-    ("iou_threshold", 1.5, r"iou_threshold must lie in \(0, 1\]"),
-    ("denominator", "gated", "denominator must be one of"),
-    ("device", "tpu", "device must be 'cpu' or 'cuda'"),
-    ("batch_size", 0, "batch_size must be >= 1"),
+    ("quantiles", (0.0,), r"--quantiles must lie in \(0, 1\]"),
+    ("quantiles", (0.01, 0.01), "--quantiles repeat"),
+    ("iou_threshold", 1.5, r"--iou-threshold must lie in \(0, 1\]"),
+    ("denominator", "gated", "--denominator must be one of"),
+    ("device", "tpu", "--device must be 'cpu' or 'cuda'"),
+    ("batch_size", 0, "--batch-size must be >= 1"),
     ("layers", (), "at least one layer"),
 ])
 def test_bad_config(field, value, message):

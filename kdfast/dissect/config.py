@@ -46,12 +46,17 @@ def format_value(value):
     return repr(float(value))
 
 
+def _flag(name):
+    """The command-line flag of a config field: errors name what the user typed (batch_size -> --batch-size)."""
+    return "--" + name.replace("_", "-")
+
+
 def _check_fractions(values, name):
     bad = [v for v in values if not 0.0 < v <= 1.0]
     if bad:
-        raise ValueError(f"{name} must lie in (0, 1], got {bad}")
+        raise ValueError(f"{_flag(name)} must lie in (0, 1], got {bad}")
     if len(set(values)) != len(values):
-        raise ValueError(f"{name} repeat: {list(values)}")
+        raise ValueError(f"{_flag(name)} repeat: {list(values)}")
     return tuple(sorted(values))
 
 
@@ -100,26 +105,26 @@ class DissectConfig:
         if self.categories is not None:
             object.__setattr__(self, "categories", tuple(self.categories))
         if self.denominator not in DENOMINATORS:
-            raise ValueError(f"denominator must be one of {DENOMINATORS}, got '{self.denominator}'")
+            raise ValueError(f"--denominator must be one of {DENOMINATORS}, got '{self.denominator}'")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got '{self.device}'")
+            raise ValueError(f"--device must be 'cpu' or 'cuda', got '{self.device}'")
         for name in ("batch_size", "top_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.activation_cache_gb < 0:
-            raise ValueError(f"activation_cache_gb must be >= 0, got {self.activation_cache_gb}")
+            raise ValueError(f"--activation-cache-gb must be >= 0, got {self.activation_cache_gb}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1 batch, got {self.checkpoint_every}")
+            raise ValueError(f"--checkpoint-every must be >= 1 batch, got {self.checkpoint_every}")
         if self.checkpoint_seconds <= 0:
-            raise ValueError(f"checkpoint_seconds must be positive, got {self.checkpoint_seconds}")
+            raise ValueError(f"--checkpoint-seconds must be positive, got {self.checkpoint_seconds}")
         if self.autocast not in (None, *HALF_DTYPES):
-            raise ValueError(f"autocast must be one of {HALF_DTYPES} or None, got '{self.autocast}'")
+            raise ValueError(f"--autocast must be one of {HALF_DTYPES} or None, got '{self.autocast}'")
         if self.activation_dtype not in ("float32", *HALF_DTYPES):
-            raise ValueError(f"activation_dtype must be 'float32' or one of {HALF_DTYPES}, got '{self.activation_dtype}'")
+            raise ValueError(f"--activation-dtype must be 'float32' or one of {HALF_DTYPES}, got '{self.activation_dtype}'")
 
     @property
     def sweep(self):
