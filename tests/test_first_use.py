@@ -59,3 +59,9 @@ def test_evaluate_mistyped_students_dir_is_an_error(tmp_path):
     main = runpy.run_path(str(REPO / "scripts" / "evaluate.py"))["main"]
     with pytest.raises(FileNotFoundError, match="--students-dir .*typo: no distillation runs"):
         main(["--students-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "out")])
+
+
+def test_scale_mismatch_between_training_and_broden_is_warned(tmp_path):
+    (tmp_path / "index.csv").write_text("image,split,ih,iw,sh,sw\nimages/a.jpg,train,224,224,112,112\n")
+    assert "trained on 32-px images, the Broden's are 224 px" in cli.scale_warning(32, tmp_path)
+    assert cli.scale_warning(128, tmp_path) is None

@@ -85,6 +85,25 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def scale_warning(train_size, broden):
+    """A message when the Broden's images are more than twice larger or smaller than the images the model was
+    trained on (e.g. a 32-px student on broden1_224): its units then see objects at a scale it never learned."""
+    import csv
+
+    index = Path(broden) / "index.csv"
+    if not index.is_file():
+        return None  # the Broden reader names a missing index later
+    with open(index, newline="") as f:
+        row = next(csv.DictReader(f), None)
+    if row is None or not row.get("ih"):
+        return None
+    size = int(row["ih"])
+    if max(size, train_size) > 2 * min(size, train_size):
+        return (f"the model was trained on {train_size}-px images, the Broden's are {size} px; its units see "
+                "objects at a scale it never learned (dissect a Broden of a matching size to avoid this)")
+    return None
+
+
 def resolve_model(args):
     """(model spec, weights, broden, (mean, std)) from --model/--weights/--broden/--preprocess: a trainer
     checkpoint names its own model and normalisation (an explicit --model must agree with it, checked here before
@@ -109,6 +128,10 @@ def resolve_model(args):
             raise ValueError(f"--weights {weights}: the model takes '{info.input_encoding}'-encoded inputs, which "
                              "dissection does not feed")
         model = info.spec
+        if broden is not None and info.image_size:
+            warning = scale_warning(info.image_size, broden)
+            if warning:
+                print(f"dissect.py: warning: --weights {weights}: {warning}", file=sys.stderr)
         if args.preprocess is None:
             norm = (tuple(info.mean), tuple(info.std)) if info.mean is not None else ((0.0,) * 3, (1.0,) * 3)
     elif model is None:
