@@ -144,8 +144,9 @@ def _worker(plugins, out, run, measures, teacher_run, device, launcher):
 
 
 def execute(study, runs, all_runs, measures, jobs=1, progress=True):
-    """Executes `runs` (teachers first: the students' configs load their best.pt); with jobs > 1, runs of one
-    stage go to `jobs` worker processes of one thread each. Returns {run id: status}."""
+    """Executes `runs` (teachers first: the students' configs load their best.pt); with jobs > 1, every run goes
+    to one of `jobs` worker processes of one thread each (a lone teacher too: a run's numbers depend on the
+    intra-op thread count, so --jobs N gives the numbers of OMP_NUM_THREADS=1 --jobs 1). Returns {run id: status}."""
     out = Path(study.output_dir).resolve()
     by_id = {r.id: r for r in all_runs}
     needed = {r.teacher for r in runs if r.teacher} - {r.id for r in runs}
@@ -157,7 +158,7 @@ def execute(study, runs, all_runs, measures, jobs=1, progress=True):
     bar = tqdm(total=sum(map(len, stages)), desc=f"study {study.name}", unit="run", disable=not progress)
     for stage_index, stage in enumerate(stages):
         chosen = measures if stage_index else {}
-        if jobs <= 1 or len(stage) <= 1:
+        if jobs <= 1 or not stage:
             for run in stage:
                 bar.set_postfix_str(run.id)
                 status[run.id] = execute_run(out, run, chosen, by_id.get(run.teacher), study.device, study.launcher)
