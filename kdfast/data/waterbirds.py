@@ -218,28 +218,3 @@ def generate_waterbirds_style(root=None, train_per_class=100, eval_per_group=25,
         (folder / "params.json").write_text(json.dumps(params, indent=1))
 
     return generated_dataset(root, params, write, "waterbirds_style")
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists, is not empty and is not a generated Waterbirds-style set (no params.json)")
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rng = np.random.default_rng(seed)
-    metadata, boxes = [], []
-    for index, (split, y, place) in enumerate(_plan(train_per_class, eval_per_group, correlation, rng)):
-        image, box = render(rng, y, place, size)
-        name = f"{CLASSES[y]}/{index:05d}.png"
-        (tmp / CLASSES[y]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(tmp / name)
-        metadata.append({"img_id": index, "img_filename": name, "y": y, "split": split, "place": place,
-                         "place_filename": f"/synthetic/{PLACES[place]}/{index:05d}.png"})
-        boxes.append({"img_filename": name, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
-    for filename, rows in (("metadata.csv", metadata), ("boxes.csv", boxes)):
-        with open(tmp / filename, "w", newline="") as f:
-            writer = csv.DictWriter(f, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    (tmp / "params.json").write_text(json.dumps(params, indent=1))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists():
-        root.rmdir()
-    tmp.rename(root)
-    return root
