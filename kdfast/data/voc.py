@@ -179,30 +179,3 @@ def generate_voc_style(root=None, num_classes=4, train=120, val=40, test=40, siz
         (folder / "params.json").write_text(json.dumps(params, indent=1))
 
     return generated_dataset(root, params, write, "voc_style")
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root} exists, is not empty and is not a generated VOC-style set (no params.json)")
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (tmp / sub).mkdir(parents=True)
-    classes = list(VOC_CLASSES[:num_classes])
-    rng = np.random.default_rng(seed)
-    index = 0
-    for split, count in (("train", train), ("val", val), ("test", test)):
-        ids = []
-        for _ in range(count):
-            image_id = f"{2000 + index // 100000}_{index:06d}"
-            chosen = rng.choice(num_classes, size=int(rng.integers(1, min(3, num_classes) + 1)), replace=False)
-            image, objects = render(rng, sorted(chosen.tolist()), num_classes, size)
-            Image.fromarray(image).save(tmp / "JPEGImages" / f"{image_id}.jpg", quality=95)
-            (tmp / "Annotations" / f"{image_id}.xml").write_text(_annotation_xml(image_id, size, objects, classes))
-            ids.append(image_id)
-            index += 1
-        (tmp / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
-    (tmp / "params.json").write_text(json.dumps(params, indent=1))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists():
-        root.rmdir()
-    tmp.rename(root)
-    return root
