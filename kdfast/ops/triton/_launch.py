@@ -2,6 +2,8 @@
 import contextlib
 
 import torch
+import triton
+import triton.language as tl
 
 # The most programs one launch may put on grid axes 1 and 2 (CUDA's limit; axis 0 takes 2^31 - 1).
 MAX_GRID_YZ = 65535
@@ -20,3 +22,13 @@ def scalars(like, *values):
     if like.dtype != torch.float64:
         return tuple(float(v) for v in values), False
     return tuple(torch.full((), float(v), dtype=torch.float64, device=like.device) for v in values), True
+
+
+@triton.jit
+def kernel_scalar(arg, IN_MEMORY: tl.constexpr):
+    """The kernel side of scalars(): the value of a scalar argument, loaded when it came as a 0-d float64
+    tensor (IN_MEMORY, the kernels' SCALARS_IN_MEMORY), else the plain float itself."""
+    if IN_MEMORY:
+        return tl.load(arg)
+    else:
+        return arg

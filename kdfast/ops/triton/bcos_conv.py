@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from kdfast.ops.bcos_conv import COS_EPS, NORM_EPS
-from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, scalars
+from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, kernel_scalar, scalars
 
 _BLOCK_C = 16
 _BLOCK_PIXELS = 128
@@ -45,14 +45,9 @@ def _bcos_epilogue_kernel(sq_ptr, lin_ptr, out_ptr, norm_ptr, H, W, Ho, Wo, G, O
                           KH: tl.constexpr, KW: tl.constexpr, MAX_OUT: tl.constexpr, B_IS_TWO: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, ACC: tl.constexpr,
                           SCALARS_IN_MEMORY: tl.constexpr):
-    if SCALARS_IN_MEMORY:  # float64: the scalars as float64 tensors (Python floats would arrive as float32)
-        b_minus_1 = tl.load(b_minus_1_arg)
-        norm_eps = tl.load(norm_eps_arg)
-        cos_eps = tl.load(cos_eps_arg)
-    else:
-        b_minus_1 = b_minus_1_arg
-        norm_eps = norm_eps_arg
-        cos_eps = cos_eps_arg
+    b_minus_1 = kernel_scalar(b_minus_1_arg, SCALARS_IN_MEMORY)
+    norm_eps = kernel_scalar(norm_eps_arg, SCALARS_IN_MEMORY)
+    cos_eps = kernel_scalar(cos_eps_arg, SCALARS_IN_MEMORY)
     # Positions on grid axis 0 (up to 2^31 - 1 programs), (sample, group) on axis 1 from ng0 on.
     ng = ng0 + tl.program_id(1).to(tl.int64)  # sample * G + group
     n = ng // G

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from kdfast.ops.kd_explain_loss import STATS_COLUMNS, check_loss_inputs
-from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, scalars
+from kdfast.ops.triton._launch import MAX_GRID_YZ, device_of, kernel_scalar, scalars
 
 _MAX_BLOCK = 2048
 _MAX_CHUNKS = 256  # map chunks per row in the forward (their partial sums are reduced by one program)
@@ -26,10 +26,7 @@ def _forward_kernel(s_logits, t_logits, s_maps, t_maps, stats, row_kl, partials,
     of chunk c (CHUNK values) of row b's maps, as partial sums (so that a row's maps stream in parallel)."""
     b = tl.program_id(0).to(tl.int64)
     part = tl.program_id(1)
-    if SCALARS_IN_MEMORY:  # float64: T as a float64 tensor (a Python float would arrive as float32)
-        T = tl.load(T_arg)
-    else:
-        T = T_arg
+    T = kernel_scalar(T_arg, SCALARS_IN_MEMORY)
     if part == 0:
         offs_k = tl.arange(0, BLOCK_K)
         max_s = tl.full([BLOCK_K], float("-inf"), ACC)
@@ -88,14 +85,9 @@ def _finish_kernel(stats, row_kl, partials, kd_out, explanation_out, B, CHUNKS, 
                    SCALARS_IN_MEMORY: tl.constexpr):
     """One program: each row's map statistics from its chunks, then both batch means, all in a fixed order
     (the result does not depend on scheduling) and with no further launch."""
-    if SCALARS_IN_MEMORY:
-        T = tl.load(T_arg)
-        lam = tl.load(lam_arg)
-        eps = tl.load(eps_arg)
-    else:
-        T = T_arg
-        lam = lam_arg
-        eps = eps_arg
+    T = kernel_scalar(T_arg, SCALARS_IN_MEMORY)
+    lam = kernel_scalar(lam_arg, SCALARS_IN_MEMORY)
+    eps = kernel_scalar(eps_arg, SCALARS_IN_MEMORY)
     offs_c = tl.arange(0, BLOCK_CHUNKS)
     kl_sum = tl.zeros([BLOCK_B], ACC)
     gap_sum = tl.zeros([BLOCK_B], ACC)
@@ -123,14 +115,9 @@ def _backward_kernel(grad_kd, grad_explanation, s_logits, t_logits, s_maps, t_ma
                      B, K, N, T_arg, lam_arg, eps_arg,
                      BLOCK: tl.constexpr, NUM_STATS: tl.constexpr, ACC: tl.constexpr, SCALARS_IN_MEMORY: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    if SCALARS_IN_MEMORY:  # float64: T, lam, eps as float64 tensors (Python floats would arrive as float32)
-        T = tl.load(T_arg)
-        lam = tl.load(lam_arg)
-        eps = tl.load(eps_arg)
-    else:
-        T = T_arg
-        lam = lam_arg
-        eps = eps_arg
+    T = kernel_scalar(T_arg, SCALARS_IN_MEMORY)
+    lam = kernel_scalar(lam_arg, SCALARS_IN_MEMORY)
+    eps = kernel_scalar(eps_arg, SCALARS_IN_MEMORY)
     block = tl.program_id(1)
     logit_blocks = tl.cdiv(K, BLOCK)
     row = stats + b * NUM_STATS
