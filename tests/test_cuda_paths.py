@@ -10,7 +10,7 @@ from kdfast.ops.iou_tally import iou_tally
 from kdfast.ops.topk_threshold import topk_threshold
 
 from conftest import requires_cuda
-from test_iou_tally import make_batch
+from test_iou_tally import assert_same_counts_on_cuda, make_batch
 
 
 def _rel(a, b):
@@ -47,9 +47,7 @@ def test_topk_sampled_path_and_unit_tiling_on_cuda(gen):
 @requires_cuda
 def test_tally_tiles_more_than_65535_images(gen):
     args = make_batch(gen, B=70000, U=2, h=2, w=2, P=1, S=(2, 2), Q=1, L=5, C=2, q=0.3)
-    cpu = iou_tally(*args)
-    gpu = iou_tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
-    assert all(torch.equal(c, g.cpu()) for c, g in zip(cpu, gpu))
+    assert_same_counts_on_cuda(iou_tally, args)
 
 
 @requires_cuda
@@ -57,10 +55,7 @@ def test_tally_nan_maps_count_alike_on_cuda(gen):
     acts, thr, seg, img, cat, C = make_batch(gen, B=2, U=3, q=0.3)
     acts[0, 0, 1, 2] = float("nan")
     acts[0, 1] = float("nan")
-    args = (acts, thr, seg, img, cat, C, True)
-    cpu = torch.ops.kdfast.iou_tally(*args)
-    gpu = torch.ops.kdfast.iou_tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
-    assert all(torch.equal(c, g.cpu()) for c, g in zip(cpu, gpu))
+    assert_same_counts_on_cuda(torch.ops.kdfast.iou_tally, (acts, thr, seg, img, cat, C, True))
 
 
 @requires_cuda

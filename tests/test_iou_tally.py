@@ -30,6 +30,16 @@ def make_batch(gen, B=3, U=5, h=7, w=7, P=2, S=(14, 14), Q=1, L=20, C=6, ties=Fa
     return acts, thresholds, seg, image_labels, label_category, C
 
 
+def assert_same_counts_on_cuda(tally, args, **kwargs):
+    """tally(*args, **kwargs) (iou_tally or the raw op) with its tensors on the GPU equals it on the CPU, output by
+    output, exactly."""
+    cpu = tally(*args, **kwargs)
+    cuda = tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args], **kwargs)
+    names = getattr(cpu, "_fields", range(len(cpu)))
+    for name, c, g in zip(names, cpu, cuda, strict=True):
+        assert torch.equal(c, g.cpu()), name
+
+
 CASES = {
     "default": {},
     "one_by_one_maps": dict(h=1, w=1, q=0.7),
@@ -141,16 +151,10 @@ def test_opcheck(gen):
 def test_cuda_counts_identical_to_cpu(gen, case):
     args = make_batch(gen, **CASES[case])
     for gated in (True, False):
-        cpu = iou_tally(*args, category_gated=gated)
-        cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-        cuda = iou_tally(*cuda_args, category_gated=gated)
-        for name, c, g in zip(cpu._fields, cpu, cuda):
-            assert torch.equal(c, g.cpu()), (case, gated, name)
+        assert_same_counts_on_cuda(iou_tally, args, category_gated=gated)
 
 
 @requires_cuda
 def test_cuda_layer4_scale_equals_cpu(gen):
     args = make_batch(gen, B=16, U=512, h=7, w=7, P=4, S=(112, 112), Q=2, L=1200, C=6, q=0.005)
-    cpu = iou_tally(*args)
-    cuda = iou_tally(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
-    assert all(torch.equal(c, g.cpu()) for c, g in zip(cpu, cuda))
+    assert_same_counts_on_cuda(iou_tally, args)
