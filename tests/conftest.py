@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from dissect_helpers import SYNTHETIC
+from kdfast.data.synthetic_broden import synthetic_broden
 
 
 def pytest_configure(config):
@@ -44,6 +46,12 @@ def gen(request):
 
 def pytest_report_header(config):
     return f"kdfast test seeds: crc32(node id) + KDFAST_TEST_SEED={BASE_SEED}; torch threads {torch.get_num_threads()}"
+
+
+@pytest.fixture(scope="module")
+def broden(tmp_path_factory):
+    """A small synthetic Broden (dissect_helpers.SYNTHETIC) for the dissection tests, made once per module."""
+    return synthetic_broden(tmp_path_factory.mktemp("broden") / "synthetic", progress=False, **SYNTHETIC)
 
 
 @pytest.fixture

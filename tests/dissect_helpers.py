@@ -6,6 +6,7 @@ SCRIPT = REPO / "scripts" / "dissect.py"
 PLANTED_FILE = Path(__file__).resolve().parent / "planted_model.py"
 # The planted model sees pixel/255; small images and batches keep every run around a second.
 SYNTHETIC = {"images": 40, "size": 64, "seed": 3}
+QUANTILE = 0.05  # the dissection quantile of the planted-model runs
 
 
 def planted_args(broden, out, factory="planted", *extra):

@@ -8,16 +8,10 @@ import pytest
 import torch
 
 import planted_model
-from dissect_helpers import PLANTED_FILE, SCRIPT, SYNTHETIC, planted_args
+from dissect_helpers import PLANTED_FILE, SCRIPT, planted_args
 from kdfast.data.broden import BrodenFormatError
-from kdfast.data.synthetic_broden import synthetic_broden
 from kdfast.dissect import cli
 from kdfast.dissect import DissectConfig, build_model, load_weights
-
-
-@pytest.fixture(scope="module")
-def broden(tmp_path_factory):
-    return synthetic_broden(tmp_path_factory.mktemp("broden") / "synthetic", progress=False, **SYNTHETIC)
 
 
 def test_nan_activations(broden, tmp_path, monkeypatch):

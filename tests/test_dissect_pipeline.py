@@ -12,17 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import planted_model
-from dissect_helpers import SYNTHETIC, output_files, planted_args
+from dissect_helpers import QUANTILE, SYNTHETIC, output_files, planted_args
 from kdfast.data.broden import BrodenDataset
-from kdfast.data.synthetic_broden import synthetic_broden
 from kdfast.dissect import cli
-
-QUANTILE = 0.05
-
-
-@pytest.fixture(scope="module")
-def broden(tmp_path_factory):
-    return synthetic_broden(tmp_path_factory.mktemp("broden") / "synthetic", progress=False, **SYNTHETIC)
 
 
 @pytest.fixture(scope="module")

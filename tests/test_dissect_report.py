@@ -11,20 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import requires_cuda
-from dissect_helpers import SYNTHETIC, output_files, planted_args
-from kdfast.data.synthetic_broden import synthetic_broden
+from dissect_helpers import QUANTILE, output_files, planted_args
 from kdfast.dissect import cli
 from kdfast.dissect.report import EDGE, RIM, overlay, upsample_maps
 from kdfast.dissect.top_images import TopImages, order_by_peak
 from kdfast.ops.iou_tally import upsample_reference
 from kdfast.ops.topk_threshold import quantile_rank, unit_topk
-
-QUANTILE = 0.05
-
-
-@pytest.fixture(scope="module")
-def broden(tmp_path_factory):
-    return synthetic_broden(tmp_path_factory.mktemp("broden") / "synthetic", progress=False, **SYNTHETIC)
 
 
 @pytest.fixture(scope="module")
