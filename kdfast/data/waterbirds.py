@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdfast.data.boxes import pad_boxes
+from kdfast.data.csv_rows import csv_rows
 from kdfast.data.generated import generated_dataset
 from kdfast.data.hierarchical import _shape_mask
 
@@ -67,22 +68,17 @@ def read_metadata(root):
     if not path.is_file():
         raise FileNotFoundError(f"Waterbirds metadata {path} does not exist (expected the official layout: "
                                 f"metadata.csv with {', '.join(_REQUIRED)})")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; it has {reader.fieldnames}")
-        rows = []
-        for number, row in enumerate(reader, start=2):  # row 1 is the header
-            image = root / row["img_filename"]
-            if not image.is_file():
-                raise FileNotFoundError(f"{path} row {number}: image {row['img_filename']!r} does not exist ({image})")
-            rows.append({
-                "img_filename": row["img_filename"],
-                "y": _int_field(path, number, row, "y", {0, 1}),
-                "split": _int_field(path, number, row, "split", {0, 1, 2}),
-                "place": _int_field(path, number, row, "place", {0, 1}),
-            })
+    rows = []
+    for number, row in csv_rows(path, _REQUIRED):
+        image = root / row["img_filename"]
+        if not image.is_file():
+            raise FileNotFoundError(f"{path} row {number}: image {row['img_filename']!r} does not exist ({image})")
+        rows.append({
+            "img_filename": row["img_filename"],
+            "y": _int_field(path, number, row, "y", {0, 1}),
+            "split": _int_field(path, number, row, "split", {0, 1, 2}),
+            "place": _int_field(path, number, row, "place", {0, 1}),
+        })
     return rows
 
 
@@ -92,21 +88,16 @@ def read_boxes(root, names):
     if not path.is_file():
         return {}
     boxes = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = ("img_filename", "x0", "y0", "x1", "y1")
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; it has {reader.fieldnames}")
-        for number, row in enumerate(reader, start=2):
-            if row["img_filename"] not in names:
-                raise ValueError(f"{path} row {number}: image {row['img_filename']!r} is not in metadata.csv")
-            try:
-                box = tuple(int(float(row[c])) for c in columns[1:])
-            except ValueError:
-                raise ValueError(f"{path} row {number}: coordinates must be numbers, got "
-                                 f"{[row[c] for c in columns[1:]]}") from None
-            boxes.setdefault(row["img_filename"], []).append(box)
+    columns = ("img_filename", "x0", "y0", "x1", "y1")
+    for number, row in csv_rows(path, columns):
+        if row["img_filename"] not in names:
+            raise ValueError(f"{path} row {number}: image {row['img_filename']!r} is not in metadata.csv")
+        try:
+            box = tuple(int(float(row[c])) for c in columns[1:])
+        except ValueError:
+            raise ValueError(f"{path} row {number}: coordinates must be numbers, got "
+                             f"{[row[c] for c in columns[1:]]}") from None
+        boxes.setdefault(row["img_filename"], []).append(box)
     return boxes
 
 

@@ -1,7 +1,6 @@
 """The data a model comparison runs on, held in memory: test images (and training images for DiffROAR's
 retraining), with the ground truth each metric needs when the dataset has it (ternary heatmaps, boxes, a class →
 category map). Images are float (N, 3, H, W) in [0, 1]; models normalise internally (see models.Normalized)."""
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from kdfast.data.categories import CategoryMap, load_category_map
+from kdfast.data.csv_rows import csv_rows
 from kdfast.data.synthetic_shapes import CLASSES, FAMILIES, SyntheticShapes, object_boxes
 from kdfast.metrics.localization import boxes_to_mask
 
@@ -67,27 +67,22 @@ def read_boxes(path, dataset, image_size):
     root = Path(dataset.root)
     index = {Path(file).relative_to(root).as_posix(): i for i, (file, _) in enumerate(dataset.samples)}
     boxes = [[] for _ in dataset.samples]
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "x0", "y0", "x1", "y1"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected image,x0,y0,x1,y1")
-        for line, row in enumerate(reader, start=2):
-            if row["image"] not in index:
-                raise ValueError(f"{path} line {line}: image '{row['image']}' is not in {root}")
-            try:
-                x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
-            except ValueError:
-                raise ValueError(f"{path} line {line}: coordinates must be numbers, got {dict(row)}") from None
-            i = index[row["image"]]
-            with Image.open(dataset.samples[i][0]) as image:
-                width, height = image.size
-            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-                raise ValueError(f"{path} line {line}: box ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
-                                 f"{width}×{height} image {row['image']}")
-            sx, sy = image_size / width, image_size / height
-            boxes[i].append((int(x0 * sx), int(y0 * sy), max(int(x0 * sx) + 1, round(x1 * sx)),
-                             max(int(y0 * sy) + 1, round(y1 * sy))))
+    for line, row in csv_rows(path, ("image", "x0", "y0", "x1", "y1")):
+        if row["image"] not in index:
+            raise ValueError(f"{path} line {line}: image '{row['image']}' is not in {root}")
+        try:
+            x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        except ValueError:
+            raise ValueError(f"{path} line {line}: coordinates must be numbers, got {dict(row)}") from None
+        i = index[row["image"]]
+        with Image.open(dataset.samples[i][0]) as image:
+            width, height = image.size
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"{path} line {line}: box ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
+                             f"{width}×{height} image {row['image']}")
+        sx, sy = image_size / width, image_size / height
+        boxes[i].append((int(x0 * sx), int(y0 * sy), max(int(x0 * sx) + 1, round(x1 * sx)),
+                         max(int(y0 * sy) + 1, round(y1 * sy))))
     return boxes
 
 
