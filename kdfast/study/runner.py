@@ -7,7 +7,6 @@ Every result is a file written atomically (temporary file + os.replace): a run's
 with the other runs.
 """
 import concurrent.futures
-import hashlib
 import importlib
 import json
 import multiprocessing
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from kdfast.distill.config import dump_config
 from kdfast.distill.trainer import CHECKPOINT_LAST
+from kdfast.provenance import file_digest
 from kdfast.study.measures import MeasureContext, device_of, get_measure
 
 DISTILL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "distill.py"
@@ -46,14 +46,6 @@ def run_folder(out, run):
 
 def training_finished(out, run):
     return not run.trained or (run_folder(out, run) / "train" / "summary.json").is_file()
-
-
-def file_digest(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _launch(launcher, config_path, resume):
