@@ -292,14 +292,33 @@ def _get(config, path):
 # Files, inheritance and overrides
 
 
-def _read_yaml(path):
+def load_yaml_file(path, what="config file", error=ConfigError):
+    """The parsed YAML of a file (None when empty); `error` (naming it '<what> <path>') when the file is missing
+    or not valid YAML. Shared by distill configs and study files (kdfast.study.schema)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise error(f"{what} {path} is not valid YAML: {exc}") from exc
+
+
+def set_key(raw, key, value, error=ConfigError):
+    """Sets the dotted `key` in the mapping `raw` in place, creating sections as needed; `error` when a section
+    on the way holds a value. Shared by the override handling of distill configs and study files."""
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise error(f"{key}: '{'.'.join(parts[:depth + 1])}' is {child!r}, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _read_yaml(path):
+    raw = load_yaml_file(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -374,14 +393,7 @@ def apply_overrides(raw, overrides):
     for text in overrides:
         key, value = parse_override(text)
         _check_override_path(key)
-        parts = key.split(".")
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{key}: '{'.'.join(parts[:depth + 1])}' is {child!r}, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(raw, key, value)
     return raw
 
 

@@ -22,9 +22,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-import yaml
-
-from kdfast.distill.config import parse_override
+from kdfast.distill.config import load_yaml_file, parse_override, set_key
 
 
 class StudyError(ValueError):
@@ -215,13 +213,7 @@ def _table(raw, where):
 
 
 def read_yaml(path):
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"study file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyError(f"study file {path} is not valid YAML: {exc}") from exc
+    raw = load_yaml_file(path, "study file", StudyError)
     if not isinstance(raw, dict):
         raise StudyError(f"study file {path}: expected a mapping of keys at the top level")
     return raw
@@ -239,16 +231,10 @@ def apply_overrides(raw, overrides):
             key, value = parse_override(text)
         except ValueError as exc:
             raise StudyError(str(exc)) from exc
-        parts = key.split(".")
-        if parts[0] not in TOP_KEYS:
-            raise unknown_key("", parts[0], TOP_KEYS)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise StudyError(f"{key}: '{'.'.join(parts[:depth + 1])}' is {child!r}, not a section")
-            node = child
-        node[parts[-1]] = value
+        top = key.split(".")[0]
+        if top not in TOP_KEYS:
+            raise unknown_key("", top, TOP_KEYS)
+        set_key(raw, key, value, StudyError)
     return raw
 
 
