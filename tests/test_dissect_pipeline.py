@@ -176,11 +176,11 @@ def test_killed_run_resumes_to_identical_files(broden, tmp_path, monkeypatch):
     cli.main(planted_args(broden, reference, "crashing", "--quantile", str(QUANTILE)))
     out = tmp_path / "resumed"
     args = planted_args(broden, out, "crashing", "--quantile", str(QUANTILE), "--checkpoint-every", "1")
-    # 40 images in batches of 8: a probe forward, then 5 batches per pass.
-    monkeypatch.setenv("PLANTED_CRASH_AFTER", "3")  # dies in pass 1, batch 2
+    # 40 images in batches of 8: the layer check's and the shape probe's forwards, then 5 batches per pass.
+    monkeypatch.setenv("PLANTED_CRASH_AFTER", "4")  # dies in pass 1, batch 2
     with pytest.raises(Exception, match="planted crash"):
         cli.main(args)
-    monkeypatch.setenv("PLANTED_CRASH_AFTER", "6")  # resumes pass 1 at batch 2, dies in pass 2, batch 2
+    monkeypatch.setenv("PLANTED_CRASH_AFTER", "7")  # resumes pass 1 at batch 2, dies in pass 2, batch 2
     with pytest.raises(Exception, match="planted crash"):
         cli.main(args)
     assert not (out / "features").exists()
@@ -205,7 +205,7 @@ def test_killed_run_without_weights_resumes_with_the_same_seeded_model(broden, t
     args = planted_args(broden, out, "random_conv_crashing", "--quantile", str(QUANTILE), "--checkpoint-every", "1",
                         "--activation-cache-gb", "0")
     torch.manual_seed(2)
-    monkeypatch.setenv("PLANTED_CRASH_AFTER", "6")  # a probe forward and 5 batches: dies at pass 2's first batch
+    monkeypatch.setenv("PLANTED_CRASH_AFTER", "7")  # 2 probe forwards and 5 batches: dies at pass 2's first batch
     with pytest.raises(Exception, match="planted crash"):
         cli.main(args)
     state = torch.load(out / ".checkpoints" / "rank0.pt", weights_only=True)

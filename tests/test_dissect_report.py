@@ -119,7 +119,7 @@ def test_rereport_draws_the_same_strips_without_a_forward(broden, default_run, t
                 if not k.endswith(("summary.json", "report.html"))}
 
     assert drawn(out) == drawn(default_run)
-    monkeypatch.setenv("PLANTED_CRASH_AFTER", "1")  # only the shape probe may run the model
+    monkeypatch.setenv("PLANTED_CRASH_AFTER", "2")  # only the layer check and the shape probe may run the model
     cli.main(args + ["--iou-threshold", "0.3"])
     strips = {k: v for k, v in drawn(out).items() if k.startswith("images/") or k == "tally.csv"}
     assert len(strips) == 6 and strips.items() <= drawn(default_run).items()  # the same maps, no new forward

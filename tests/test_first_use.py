@@ -28,6 +28,21 @@ def test_pooled_layer_is_refused(tmp_path):
     assert cli.parse_args([]).seed == 0
 
 
+@pytest.mark.parametrize("layer, error", [
+    ("avgpool", r"--layers avgpool: the layer outputs 1x1 maps"),
+    ("layer4", r"category\.csv"),  # a usable layer: the Broden's own defect comes next
+])
+def test_layer_check_comes_before_packing_the_broden(tmp_path, layer, error):
+    """Fail-fast order: arguments, then model/layers, then data; this Broden has an index and nothing else, so
+    packing it would fail."""
+    (tmp_path / "broden").mkdir()
+    (tmp_path / "broden" / "index.csv").write_text("image,split,ih,iw,sh,sw\nimages/a.jpg,train,64,64,32,32\n")
+    with pytest.raises(ValueError, match=error):
+        cli.main(["--model", "resnet18", "--layers", layer, "--broden", str(tmp_path / "broden"),
+                  "--out", str(tmp_path / "out"), "--quiet"])
+    assert not (tmp_path / "broden" / ".kdfast_cache").exists()
+
+
 @pytest.mark.parametrize("script, args, made", [
     ("make_synthetic_broden.py", ["--images", "2", "--size", "16", "--quiet"], "data/synthetic_broden/index.csv"),
     ("make_synthetic_shapes.py", ["--train", "2", "--test", "1", "--size", "32", "--workers", "1"],

@@ -42,6 +42,20 @@ class BrodenFormatError(ValueError):
     """A Broden file or packed cache is missing, malformed or inconsistent with the rest of the dataset."""
 
 
+def first_image_size(root):
+    """(ih, iw) that `root`/index.csv gives its first image, read without checking the dataset (e.g. to size a
+    probe before packing); None when the index is missing or says nothing usable: the reader names the defect."""
+    index = Path(root) / "index.csv"
+    if not index.is_file():
+        return None
+    with open(index, newline="") as f:
+        row = next(csv.DictReader(f), None)
+    try:
+        return int(row["ih"]), int(row["iw"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 def _where(path, line=None, column=None):
     text = str(path)
     if line is not None:

@@ -88,16 +88,12 @@ def parse_args(argv):
 def scale_warning(train_size, broden):
     """A message when the Broden's images are more than twice larger or smaller than the images the model was
     trained on (e.g. a 32-px student on broden1_224): its units then see objects at a scale it never learned."""
-    import csv
+    from kdfast.data.broden import first_image_size
 
-    index = Path(broden) / "index.csv"
-    if not index.is_file():
-        return None  # the Broden reader names a missing index later
-    with open(index, newline="") as f:
-        row = next(csv.DictReader(f), None)
-    if row is None or not row.get("ih"):
-        return None
-    size = int(row["ih"])
+    size = first_image_size(broden)
+    if size is None:
+        return None  # the Broden reader names the defect later
+    size = size[0]
     if max(size, train_size) > 2 * min(size, train_size):
         return (f"the model was trained on {train_size}-px images, the Broden's are {size} px; its units see "
                 "objects at a scale it never learned (dissect a Broden of a matching size to avoid this)")

@@ -95,17 +95,40 @@ def _check_device(device):
         raise RuntimeError("--device cuda was asked for, but kdfast._C was built without its CUDA kernels")
 
 
+def load_model(config):
+    """The model to dissect, in eval mode: a trainer checkpoint rebuilds its own model (kwargs, classes); a model
+    built without weights is seeded with config.seed."""
+    if config.weights is not None:
+        model, _ = load_checkpoint_model(config.weights, config.model, trust=config.trust_weights)
+    else:
+        model = build_model(config.model, seed=config.seed)
+    return model.eval()
+
+
+def check_layers(model, config, device):
+    """Raises the LayerRecorder's error for a layer dissection cannot use (unknown, shared, not a float
+    (B, U, h, w) map, 1x1 maps) from one blank image of the Broden's size, before any Broden is packed."""
+    from kdfast.data.broden import first_image_size
+    from kdfast.data.synthetic_world import DEFAULT_SIZE
+
+    size = first_image_size(config.broden) if config.broden is not None else (DEFAULT_SIZE, DEFAULT_SIZE)
+    if size is None:
+        return  # the Broden reader names the defect; image 0 is probed after packing
+    recorder = LayerRecorder(model.to(device), config.layers)
+    try:
+        with torch.inference_mode():
+            recorder(torch.zeros(1, 3, *size, device=device))
+    finally:
+        recorder.close()
+
+
 class Dissector:
     """The model, its hooks and the data of one rank; runs the passes over this rank's shard."""
 
-    def __init__(self, config, dist, dataset, packed):
+    def __init__(self, config, dist, dataset, packed, model=None):
         self.config, self.dist, self.dataset, self.packed = config, dist, dataset, packed
         self.device = dist.device
-        if config.weights is not None:  # a trainer checkpoint rebuilds its own model (kwargs, classes)
-            model, _ = load_checkpoint_model(config.weights, config.model, trust=config.trust_weights)
-        else:
-            model = build_model(config.model, seed=config.seed)
-        self.model = model.to(self.device).eval()
+        self.model = (model if model is not None else load_model(config)).to(self.device).eval()
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.autocast = None if config.autocast is None else getattr(torch, config.autocast)
@@ -363,8 +386,10 @@ def dissect(config):
     started = time.monotonic()
     dist = Distributed(device)
     try:
+        model = load_model(config)
+        check_layers(model, config, device)  # arguments, model and layers fail before any data is packed
         dataset, packed = open_broden(config, dist)
-        dissector = Dissector(config, dist, dataset, packed)
+        dissector = Dissector(config, dist, dataset, packed, model)
         try:
             result = run_passes(config, dist, dataset, packed, dissector)
             if dist.main:
