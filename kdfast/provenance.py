@@ -48,12 +48,12 @@ def versions():
     }
 
 
-def _plain(value):
-    """JSON-ready copy: tuples become lists, paths strings."""
+def plain(value):
+    """JSON-ready copy: tuples become lists, paths and mapping keys strings."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -64,7 +64,7 @@ def provenance(config, weights=None):
     dataclass or dict config."""
     fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return {
-        "config": _plain({k: v for k, v in fields.items() if k not in OPERATIONAL}),
+        "config": plain({k: v for k, v in fields.items() if k not in OPERATIONAL}),
         "weights": file_record(weights),
         "versions": versions(),
     }

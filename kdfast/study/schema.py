@@ -23,6 +23,7 @@ import difflib
 from pathlib import Path
 
 from kdfast.distill.config import load_yaml_file, parse_override, set_key
+from kdfast.provenance import plain
 
 
 class StudyError(ValueError):
@@ -93,17 +94,7 @@ class StudyConfig:
     jobs: int = 1  # runs executed at a time (worker processes of one thread each); --jobs overrides
 
     def to_dict(self):
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return plain(dataclasses.asdict(self))
 
 
 TOP_KEYS = ("name", "output_dir", "seeds", "overrides", "teachers", "teacher", "runs", "measures", "tables",
