@@ -72,6 +72,20 @@ def _check_method(config, where):
                          f"Known methods: {', '.join(METHOD_NAMES)}")
 
 
+def _trained_config(study, spec, rid, out, where, extra=(), teacher=None):
+    """(the checked distill Config of trained run `rid`, its train folder): the study's and the entry's overrides,
+    then `extra`, the run's name and folder, the study's device and the teacher's weights (in that order)."""
+    train_dir = out / "runs" / rid / "train"
+    overrides = study.overrides + spec.overrides + list(extra) + [f"name={rid}", f"output_dir={train_dir}"]
+    if study.device != "auto":
+        overrides.append(f"device={study.device}")
+    if teacher is not None:
+        overrides.append(f"teacher.weights={teacher.checkpoint}")
+    config = _config(spec.config, overrides, where)
+    _check_method(config, where)
+    return config, train_dir
+
+
 def _teacher_runs(study, out):
     runs = {}
     for name, spec in study.teachers.items():
@@ -83,12 +97,7 @@ def _teacher_runs(study, out):
                              checkpoint=spec.checkpoints[0], model=spec.model, kwargs=spec.kwargs)
             continue
         rid = _safe(name)
-        train_dir = out / "runs" / rid / "train"
-        overrides = study.overrides + spec.overrides + [f"name={rid}", f"output_dir={train_dir}"]
-        if study.device != "auto":
-            overrides.append(f"device={study.device}")
-        config = _config(spec.config, overrides, where)
-        _check_method(config, where)
+        config, train_dir = _trained_config(study, spec, rid, out, where)
         runs[name] = Run(id=rid, name=name, group=name, role="teacher", seed=config.seed, params={},
                          checkpoint=train_dir / CHECKPOINT_BEST, config=config)
     return runs
@@ -114,15 +123,8 @@ def plan_runs(study):
             params = {short[k]: v for k, v in point.items()}
             for seed in spec.seeds or study.seeds:
                 rid = _safe("-".join([name] + [f"{k}={v}" for k, v in params.items()] + [f"s{seed}"]))
-                train_dir = out / "runs" / rid / "train"
-                overrides = (study.overrides + spec.overrides + [f"{k}={v}" for k, v in point.items()]
-                             + [f"seed={seed}", f"name={rid}", f"output_dir={train_dir}"])
-                if study.device != "auto":
-                    overrides.append(f"device={study.device}")
-                if teacher is not None:
-                    overrides.append(f"teacher.weights={teacher.checkpoint}")
-                config = _config(spec.config, overrides, where)
-                _check_method(config, where)
+                extra = [f"{k}={v}" for k, v in point.items()] + [f"seed={seed}"]
+                config, train_dir = _trained_config(study, spec, rid, out, where, extra, teacher)
                 runs.append(Run(id=rid, name=name, group=group_name(name, params), role="student", seed=seed,
                                 params=params, checkpoint=train_dir / CHECKPOINT_BEST, config=config,
                                 teacher=teacher.id if teacher else None))
