@@ -84,6 +84,11 @@ def measure_identity(options, checkpoint):
     return json.loads(json.dumps({"options": options, "checkpoint": file_digest(checkpoint)}))
 
 
+def _failure_record(exc):
+    """{"error": "<type>: <message>", "traceback": ...} of the exception being handled."""
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
 def take_measure(out, run, name, options, context):
     """The measure's record: the finished one when its identity matches, else computed now (failures recorded)."""
     path = run_folder(out, run) / "measures" / f"{name}.json"
@@ -95,8 +100,7 @@ def take_measure(out, run, name, options, context):
         rows = get_measure(name).compute(context, options)
         record = {"status": "ok", "identity": identity, "rows": rows}
     except Exception as exc:  # noqa: BLE001 - a failed measure is recorded and shown as a gap, not fatal
-        record = {"status": "failed", "identity": identity, "error": f"{type(exc).__name__}: {exc}",
-                  "traceback": traceback.format_exc()}
+        record = {"status": "failed", "identity": identity, **_failure_record(exc)}
     atomic_write_json(path, record)
     return record
 
@@ -108,8 +112,7 @@ def execute_run(out, run, measures, teacher_run=None, device="cpu", launcher=Non
     try:
         train_run(out, run, launcher)
     except Exception as exc:  # noqa: BLE001 - recorded; the study continues with the other runs
-        atomic_write_json(error, {"stage": "train", "error": f"{type(exc).__name__}: {exc}",
-                                  "traceback": traceback.format_exc()})
+        atomic_write_json(error, {"stage": "train", **_failure_record(exc)})
         return "failed"
     if error.is_file():
         error.unlink()
