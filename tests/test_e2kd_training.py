@@ -96,6 +96,24 @@ def test_data_free_needs_a_label_free_method_and_trains_on_other_images(tmp_path
                         {"name": "kd", "options": {"alpha": 1.0}}, {"teacher": teacher}))
 
 
+
+def test_data_free_images_are_generated_by_distill_synthetic(tmp_path):
+    voc = tmp_path / "voc"
+    params = {"type": "voc", "root": str(voc), "num_classes": 2, "train": 5, "val": 1, "test": 1, "size": 16}
+    wb = dict(WATERBIRDS, root=str(tmp_path / "wb"), distill_images=str(voc / "JPEGImages"),
+              distill_synthetic=params)
+    kd = {"name": "kd", "options": {"alpha": 1.0}}
+    teacher = {"teacher": {"spec": "kdfast.distill.models:tiny_resnet", "kwargs": TINY}}
+    assert not voc.exists()
+    trainer = Trainer(_config(tmp_path / "a", wb, kd, teacher))
+    assert len(trainer.train_set) == 7 and (voc / "Annotations").is_dir()  # the 5 + 1 + 1 generated images
+    with pytest.raises(ConfigError, match="data.distill_synthetic: needs data.distill_images"):
+        _config(tmp_path / "b", dict(wb, distill_images=None), kd, teacher)
+    with pytest.raises(ConfigError, match="data.distill_synthetic.type: expected waterbirds or voc .*got 'coco'"):
+        _config(tmp_path / "c", dict(wb, distill_synthetic=dict(params, type="coco")), kd, teacher)
+    with pytest.raises(ConfigError, match="data.distill_synthetic: .*colour"):
+        Trainer(_config(tmp_path / "d", dict(wb, distill_synthetic=dict(params, colour=1)), kd, teacher))
+
 def test_boxed_data_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="data.root: required for data.type voc"):
         _config(tmp_path, {"type": "voc"}, {"name": "scratch"})

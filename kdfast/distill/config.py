@@ -69,6 +69,9 @@ class DataConfig:
     synthetic: typing.Optional[dict] = None
     # Data-free distillation: train on the (unlabelled) images under this folder instead of root's train split.
     distill_images: typing.Optional[str] = None
+    # Generates the data-free images' set first: {type: waterbirds|voc, root: ..., <generator parameters>}
+    # (as data.synthetic), e.g. the VOC-style set whose JPEGImages folder data.distill_images names.
+    distill_synthetic: typing.Optional[dict] = None
 
 
 @dataclass
@@ -251,6 +254,13 @@ def validate(config):
         raise ConfigError(f"data.root: required for data.type {data.type} (or set data.synthetic to generate one)")
     if data.synthetic is not None and data.type not in ("waterbirds", "voc"):
         raise ConfigError(f"data.synthetic: only for data.type waterbirds or voc, not {data.type}")
+    if data.distill_synthetic is not None:
+        if data.distill_images is None:
+            raise ConfigError("data.distill_synthetic: needs data.distill_images (the folder of the generated "
+                              "set whose images replace the training set)")
+        if data.distill_synthetic.get("type") not in ("waterbirds", "voc"):
+            raise ConfigError("data.distill_synthetic.type: expected waterbirds or voc (the generator), got "
+                              f"{data.distill_synthetic.get('type')!r}")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale: expected [low, high] with 0 < low <= high <= 1, got {data.crop_scale}")
     for key in ("mean", "std"):

@@ -8,7 +8,7 @@
 * data.distill_images: a folder whose images (any layout, found recursively) replace the training set with
   unlabelled images ("data-free" distillation, the paper's Table 5: a teacher trained on dataset A distilled
   with images of dataset B); validation stays on data.root's val split. Needs a label-free method
-  (kd with alpha 1, e2kd_* with ce_weight 0).
+  (kd with alpha 1, e2kd_* with ce_weight 0). data.distill_synthetic generates dataset B first.
 """
 import copy
 import dataclasses
@@ -45,23 +45,30 @@ def dataset_class(kind):
     return VOCMultiLabel
 
 
+def generate(kind, params, processes, where):
+    """Runs the `kind` generator with `params` (rank 0 first, the others then find its output); returns the
+    set's root. Bad parameters are ConfigErrors naming `where`."""
+    generator = _generator(kind)
+    try:
+        if processes.main:
+            root = generator(**params)
+        processes.barrier()
+        if not processes.main:
+            root = generator(**params)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc} (the parameters of {generator.__name__})") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return root
+
+
 def boxed_root(data, processes):
     """data.root, generated first (by rank 0) when data.synthetic is set."""
     if data.synthetic is None:
         if data.root is None:
             raise ConfigError(f"data.root: required for data.type {data.type} without data.synthetic")
         return Path(data.root)
-    try:
-        if processes.main:
-            root = _generator(data.type)(root=data.root, **data.synthetic)
-        processes.barrier()
-        if not processes.main:
-            root = _generator(data.type)(root=data.root, **data.synthetic)
-    except TypeError as exc:
-        raise ConfigError(f"data.synthetic: {exc} (the parameters of {_generator(data.type).__name__})") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"data.synthetic: {exc}") from exc
-    return root
+    return generate(data.type, dict(data.synthetic, root=data.root), processes, "data.synthetic")
 
 
 def boxed_datasets(config, processes):
@@ -130,6 +137,9 @@ def task_datasets(config, processes, progress, build_datasets):
     if data.distill_images is not None:
         if config.frozen_explanations:
             raise ConfigError("frozen_explanations: not supported with data.distill_images")
+        if data.distill_synthetic is not None:
+            params = {key: value for key, value in data.distill_synthetic.items() if key != "type"}
+            generate(data.distill_synthetic["type"], params, processes, "data.distill_synthetic")
         plain = copy.deepcopy(config)
         plain.data = dataclasses.replace(plain.data, distill_images=None)
         _, val, classes = build_datasets(plain, processes, progress)
