@@ -14,7 +14,6 @@ import csv
 import hashlib
 import json
 import operator
-import os
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from kdfast.atomic import write_text
 
 INDEX_META_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 CATEGORY_HEADER = ("name", "first", "last", "count", "frequency")
@@ -572,9 +573,7 @@ def _read_meta(cache_dir):
 
 
 def _write_meta(cache_dir, meta):
-    tmp = cache_dir / (_META + ".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, cache_dir / _META)
+    write_text(cache_dir / _META, json.dumps(meta))
 
 
 def _sizes_match(cache_dir, meta):

@@ -1,9 +1,10 @@
 """Resumable runs: each rank's pass state saved atomically, tied to the run configuration it came from."""
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from kdfast.atomic import replacing
 
 
 class RunMismatch(ValueError):
@@ -38,9 +39,8 @@ class Checkpoint:
 
     def save(self, state):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        torch.save({**state, "identity": self.identity}, tmp)
-        os.replace(tmp, self.path)
+        with replacing(self.path) as tmp:
+            torch.save({**state, "identity": self.identity}, tmp)
 
     def remove(self):
         self.path.unlink(missing_ok=True)

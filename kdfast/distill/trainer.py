@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
+from kdfast.atomic import replacing
 from kdfast.data.hierarchical import hierarchical_dataset
 from kdfast.data.synthetic_world import world_dataset
 from kdfast.data.imagefolder import (
@@ -318,19 +319,16 @@ def _count_top1(logits, reference):
 
 
 def _atomic_save(obj, path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_csv(history, path):
     columns = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def _config_differences(saved, current, prefix=""):
@@ -549,10 +547,8 @@ class Trainer:
         }
         _atomic_save(checkpoint, self.out / CHECKPOINT_LAST)
         if is_best:
-            best = self.out / CHECKPOINT_BEST
-            tmp = best.with_name(best.name + ".tmp")
-            shutil.copyfile(self.out / CHECKPOINT_LAST, tmp)
-            os.replace(tmp, best)
+            with replacing(self.out / CHECKPOINT_BEST) as tmp:
+                shutil.copyfile(self.out / CHECKPOINT_LAST, tmp)
 
     # --- loops
 

@@ -10,7 +10,6 @@ import concurrent.futures
 import importlib
 import json
 import multiprocessing
-import os
 import shlex
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from kdfast.atomic import write_text
 from kdfast.distill.config import dump_config
 from kdfast.distill.trainer import CHECKPOINT_LAST
 from kdfast.provenance import file_digest
@@ -30,9 +30,7 @@ DISTILL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "distill.py"
 def atomic_write_json(path, data):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_json(path):
