@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kdfast.study.measures import resolve_options  # noqa: E402
+from kdfast.study.measures import resolve_options, swept  # noqa: E402
 from kdfast.study.tables import dissect_defaults, find_stat, groups_in_order  # noqa: E402
 
 NO_RESULT = "no result"
@@ -83,8 +83,8 @@ def _sweep(ax, groups, xs, lookup):
 def sweeps(study, runs, stats, folder):
     options = resolve_options("dissect", study.measures["dissect"])
     defaults = dissect_defaults(study)
-    quantiles = sorted(set(options["quantiles"]) | ({options["quantile"]} - {None}))
-    thresholds = sorted(set(options["iou_thresholds"]) | ({options["iou_threshold"]} - {None}))
+    quantiles = swept(options, "quantile")
+    thresholds = swept(options, "iou_threshold")
     groups = groups_in_order(runs)
     made = []
     for layer in options["layers"]:

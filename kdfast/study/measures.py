@@ -178,6 +178,18 @@ def check_dissection(options, architectures):
                                  f"{hint(layer, names)} Its top-level modules: {', '.join(tops)}")
 
 
+def swept(options, name):
+    """The sorted values a dissection takes of `name` ('quantile' or 'iou_threshold'): its list option
+    `<name>s` plus the primary `<name>` when set."""
+    return sorted(set(options[name + "s"]) | ({options[name]} - {None}))
+
+
+def primary(options, name):
+    """The value of `name` ('quantile' or 'iou_threshold') the tables use: the option itself when set, else the
+    first of its list option `<name>s`."""
+    return options[name] or options[name + "s"][0]
+
+
 def _broden(choice):
     if choice == "world":
         from kdfast.data.synthetic_world import world_broden
@@ -199,13 +211,13 @@ def dissect(ctx, options):
 
     info = ctx.student()[1]
     mean, std = study_models.normalisation(info)
-    iou_thresholds = tuple(sorted(set(options["iou_thresholds"]) | ({options["iou_threshold"]} - {None})))
+    iou_thresholds = tuple(swept(options, "iou_threshold"))
     out = ctx.folder / "dissect"
     result = run_dissection(DissectConfig(
         model=info.spec if info is not None else ctx.run.model,
         weights=str(ctx.run.checkpoint), layers=tuple(options["layers"]), broden=_broden(options["broden"]),
-        out=str(out), quantiles=tuple(sorted(set(options["quantiles"]) | ({options["quantile"]} - {None}))),
-        iou_threshold=options["iou_threshold"] or options["iou_thresholds"][0], iou_thresholds=iou_thresholds,
+        out=str(out), quantiles=tuple(swept(options, "quantile")),
+        iou_threshold=primary(options, "iou_threshold"), iou_thresholds=iou_thresholds,
         categories=options["categories"], mean=mean, std=std, denominator=options["denominator"],
         device="cuda" if str(ctx.device).startswith("cuda") else "cpu", batch_size=options["batch_size"],
         top_images=options["top_images"], activation_cache_gb=options["activation_cache_gb"], progress=False))

@@ -10,7 +10,7 @@ import math
 import re
 
 from kdfast.study.aggregate import KEYS
-from kdfast.study.measures import MEASURES, resolve_options
+from kdfast.study.measures import MEASURES, primary, resolve_options
 from kdfast.study.runner import applicable
 from kdfast.study.schema import StudyError, TableSpec
 
@@ -25,8 +25,8 @@ def dissect_defaults(study):
     if "dissect" not in study.measures:
         return None
     options = resolve_options("dissect", study.measures["dissect"])
-    return {"layer": options["layers"][0], "quantile": options["quantile"] or options["quantiles"][0],
-            "iou_threshold": options["iou_threshold"] or options["iou_thresholds"][0], "layers": options["layers"]}
+    return {"layer": options["layers"][0], "quantile": primary(options, "quantile"),
+            "iou_threshold": primary(options, "iou_threshold"), "layers": options["layers"]}
 
 
 def default_tables(study):
