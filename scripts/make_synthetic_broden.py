@@ -7,28 +7,12 @@ python scripts/make_synthetic_broden.py --world --out /tmp/world_broden --images
 --world draws the synthetic world's scenes (kdfast.data.synthetic_world: the Broden matching the embedded
 default's training images, docs/world.md); without it, the simple shapes of kdfast.data.synthetic_broden.
 """
+import sys
+from pathlib import Path
 
-import argparse
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdfast.data.synthetic_broden import synthetic_broden
-from kdfast.data.synthetic_world import write_world_broden
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="new or empty folder to write the dataset into (default: data/synthetic_broden, "
-                                      "with --world data/synthetic_world_broden)")
-    parser.add_argument("--images", type=int, default=64, help="number of images (default 64)")
-    parser.add_argument("--size", type=int, default=224, help="image side in pixels; segmentations are size/2")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--world", action="store_true", help="the synthetic world's scenes instead of shapes")
-    args = parser.parse_args(argv)
-    write = write_world_broden if args.world else synthetic_broden
-    folder = args.out or ("data/synthetic_world_broden" if args.world else "data/synthetic_broden")
-    out = write(folder, images=args.images, size=args.size, seed=args.seed, progress=not args.quiet)
-    print(out)
-
+from kdfast.cli.make_synthetic_broden import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -253,11 +253,7 @@ def test_adaptive_clipping_matches_its_definition(shape, gen):
 
 
 def test_embedded_default_micro(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import distill as cli
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from kdfast.cli import distill as cli  # scripts/distill.py's command line
     monkeypatch.setenv("KDFAST_CACHE", str(tmp_path / "cache"))
     has_e2kd = importlib.util.find_spec("kdfast.distill.e2kd") is not None
     runs = [r for r in cli.EMBEDDED_RUNS if r != "e2kd_gradcam" or has_e2kd]
