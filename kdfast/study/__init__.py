@@ -1,8 +1,21 @@
 """Studies: the papers' comparisons as one reproducible flow (runs × measures → tidy CSV, tables, figures,
 report). See docs/study.md."""
-from kdfast.study.measures import MEASURES, Measure, MeasureContext, register_measure
-from kdfast.study.pipeline import Outcome, aggregate_outputs, merge, run_study, validate
-from kdfast.study.schema import StudyConfig, StudyError, from_dict, load_study
+import importlib
+
+# Loaded on first use (PEP 562), so that `scripts/study.py --help` does not wait for torch.
+_HOMES = {
+    "MEASURES": "measures", "Measure": "measures", "MeasureContext": "measures", "register_measure": "measures",
+    "Outcome": "pipeline", "aggregate_outputs": "pipeline", "merge": "pipeline", "run_study": "pipeline",
+    "validate": "pipeline",
+    "StudyConfig": "schema", "StudyError": "schema", "from_dict": "schema", "load_study": "schema",
+}
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"kdfast.study.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'kdfast.study' has no attribute '{name}'")
+
 
 __all__ = ["MEASURES", "Measure", "MeasureContext", "Outcome", "StudyConfig", "StudyError", "aggregate_outputs",
            "from_dict", "load_study", "merge", "register_measure", "run_study", "validate"]

@@ -4,10 +4,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdfast.study.pipeline import merge, run_study, validate
-from kdfast.study.plan import parse_shard
-from kdfast.study.schema import StudyError, load_study
-
+# The study's modules (torch) are imported after the arguments are parsed, so that --help comes at once.
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "configs" / "study" / "embedded_default.yaml"
 
 
@@ -31,6 +28,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from kdfast.study.pipeline import merge, run_study, validate
+    from kdfast.study.plan import parse_shard
+    from kdfast.study.schema import StudyError, load_study
+
     started = time.monotonic()
     try:
         overrides = list(args.overrides) + ([f"output_dir={args.out}"] if args.out else [])
