@@ -63,7 +63,10 @@ def embedded_configs(out, overrides):
     return configs
 
 
-def print_table(rows, file=sys.stdout):
+def print_table(rows, file=None):
+    # sys.stdout is looked up at call time: a default bound at import would keep a stream that may be closed
+    # by then (pytest's capture, a redirected stdout).
+    file = sys.stdout if file is None else file
     header = ("run", "method", "best epoch", "val acc", "agreement")
     lines = [header] + [
         (r["name"], r["method"], str(r["best_epoch"]), f"{100 * r['best_val_acc']:.1f}%",
