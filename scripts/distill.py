@@ -1,13 +1,5 @@
-"""Train a student by distillation from a YAML config.
-
-    python scripts/distill.py --config configs/kd.yaml [--resume] [key.path=value ...]
-    torchrun --nproc_per_node 4 scripts/distill.py --config configs/kd.yaml
-    python scripts/distill.py [--out DIR] [key.path=value ...]   # the embedded default
-
-With no --config it runs the embedded default (configs/embedded_default/): it generates the synthetic world's
-images (kdfast.data.synthetic_world, docs/world.md), trains a teacher, then scratch / LS / KD / e2KD (GradCAM) students, writes each run to <out>/<run>/
-(checkpoints <out>/<run>/best.pt) and prints a table of their accuracy and agreement with the teacher. Finished
-runs are reused when it is started again.
+"""Train a student by distillation from a YAML config: `python scripts/distill.py --help` (the command line lives in
+kdfast.cli.distill).
 """
 import sys
 from pathlib import Path

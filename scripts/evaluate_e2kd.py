@@ -1,10 +1,6 @@
-"""Measures of the e2KD paper's Waterbirds and VOC settings (docs/e2kd_settings.md) for trained runs:
-Waterbirds per-group accuracy / agreement (worst group, in / out of distribution), VOC F1, EPG and IoU.
-
-    python scripts/evaluate_e2kd.py runs/e2kd_wb_kd/best.pt runs/e2kd_wb_e2kd/best.pt --split test
-    python scripts/evaluate_e2kd.py runs/e2kd_voc_*_epg/best.pt --out runs/evaluate/e2kd_voc
-
-Writes <out>/results.json and <out>/results.csv and prints a table.
+"""Measures of the e2KD paper's Waterbirds and VOC settings (docs/e2kd_settings.md) for trained runs: Waterbirds per-
+group accuracy / agreement (worst group, in / out of distribution), VOC F1, EPG and IoU: `python
+scripts/evaluate_e2kd.py --help` (the command line lives in kdfast.cli.evaluate_e2kd).
 """
 import sys
 from pathlib import Path

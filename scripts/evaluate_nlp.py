@@ -1,11 +1,6 @@
-"""Score BERT classifiers' word attributions on SST: accuracy, and AUROC / AUPRC of LayerIntegratedGradients
-word attributions against the word sentiment labels (ICML 2023 §5.4, Tables 5 and 13).
-
-    python scripts/evaluate_nlp.py                          # the models of runs/nlp (from scripts/distill_nlp.py)
-    python scripts/evaluate_nlp.py --out runs/sst --n-steps 100 --device cuda
-    python scripts/evaluate_nlp.py --models ckpt/a ckpt/b --data path/to/trees --out runs/eval
-
-Writes <out>/scores.{json,csv} and prints the comparison table.
+"""Score BERT classifiers' word attributions on SST: accuracy, and AUROC / AUPRC of LayerIntegratedGradients word
+attributions against the word sentiment labels (ICML 2023 §5.4, Tables 5 and 13): `python scripts/evaluate_nlp.py
+--help` (the command line lives in kdfast.cli.evaluate_nlp).
 """
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
-"""Generate the Tjoa–Guan synthetic shapes dataset (10 classes, ternary ground-truth heatmaps).
-
-    python scripts/make_synthetic_shapes.py                                    # data/synthetic_shapes: 6,400 / 1,600 at 512 px
-    python scripts/make_synthetic_shapes.py --out data/shapes64 --size 64 --train 640 --test 160 --seed 1
+"""Generate the Tjoa–Guan synthetic shapes dataset (10 classes, ternary ground-truth heatmaps): `python
+scripts/make_synthetic_shapes.py --help` (the command line lives in kdfast.cli.make_synthetic_shapes).
 """
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Write a synthetic SST (PTB tree files train.txt, dev.txt, test.txt) built from a small sentiment lexicon with
-negation, intensifiers and contrast ("but"); see kdfast/nlp/synthetic_sst.py for how labels compose.
-
-    python scripts/make_synthetic_sst.py --out data/synthetic_sst --sizes 2000 400 400 --seed 0
+negation, intensifiers and contrast ("but"); see kdfast/nlp/synthetic_sst.py for how labels compose: `python
+scripts/make_synthetic_sst.py --help` (the command line lives in kdfast.cli.make_synthetic_sst).
 """
 import sys
 from pathlib import Path

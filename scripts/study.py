@@ -1,9 +1,5 @@
-"""Run a study: many distillation runs and the measures on each, aggregated into tables, figures and a report.
-
-    python scripts/study.py                                        # the embedded default (docs/study.md)
-    python scripts/study.py --config configs/study/icml_table1.yaml overrides=[data.root=/data/imagenet]
-    python scripts/study.py --config configs/study/icml_table1.yaml --shard 0/4    # one machine of four
-    python scripts/study.py --config configs/study/icml_table1.yaml --merge shard0/ shard1/ shard2/ shard3/
+"""Run a study: many distillation runs and the measures on each, aggregated into tables, figures and a report:
+`python scripts/study.py --help` (the command line lives in kdfast.study.cli).
 """
 import sys
 from pathlib import Path
