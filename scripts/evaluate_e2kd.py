@@ -1,5 +1,5 @@
-"""Measures of the e2KD paper's Waterbirds and VOC settings (docs/e2kd_settings.md) for trained runs: Waterbirds per-
-group accuracy / agreement (worst group, in / out of distribution), VOC F1, EPG and IoU: `python
+"""Measures of the e2KD paper's Waterbirds and VOC settings (docs/e2kd_settings.md) for trained runs: Waterbirds
+per-group accuracy / agreement (worst group, in / out of distribution), VOC F1, EPG and IoU: `python
 scripts/evaluate_e2kd.py --help` (the command line lives in kdfast.cli.evaluate_e2kd).
 """
 import sys
