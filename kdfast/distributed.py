@@ -5,6 +5,18 @@ import torch
 import torch.distributed as dist
 
 
+def rank0_first(group, make):
+    """make() on rank 0, then on the other ranks, which find rank 0's files instead of writing them at once.
+    `group` is anything with `main` and `barrier()` (a ProcessGroup)."""
+    if group.main:
+        made = make()
+        group.barrier()
+    else:
+        group.barrier()
+        made = make()
+    return made
+
+
 class ProcessGroup:
     """Rank and world size under torchrun (a plain run is rank 0 of 1, and every collective is local).
 

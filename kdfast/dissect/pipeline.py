@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from kdfast import _extension
 from kdfast.dissect.checkpoint import Checkpoint, Schedule
 from kdfast.dissect.distributed import Distributed
+from kdfast.distributed import rank0_first
 from kdfast.dissect.feeder import DeviceFeeder
 from kdfast.dissect.models import LayerRecorder, Normalizer, build_model, file_digest, split_file_spec
 from kdfast.models.registry import load_checkpoint_model
@@ -45,26 +46,15 @@ class Dissection:
     seconds: float = 0.0
 
 
-def _rank0_first(dist, make):
-    """make() on rank 0, then on the other ranks, which find rank 0's files instead of writing them at once."""
-    if dist.main:
-        made = make()
-        dist.barrier()
-    else:
-        dist.barrier()
-        made = make()
-    return made
-
-
 def open_broden(config, dist):
     """(BrodenDataset, PackedBroden) of --broden, or of the synthetic world's Broden when none is given; the
     packed cache is built on first use."""
     from kdfast.data.broden import BrodenDataset
     from kdfast.data.synthetic_world import world_broden
 
-    root = config.broden if config.broden is not None else _rank0_first(dist, world_broden)
+    root = config.broden if config.broden is not None else rank0_first(dist, world_broden)
     dataset = BrodenDataset(root, categories=None if config.categories is None else list(config.categories))
-    packed = _rank0_first(
+    packed = rank0_first(
         dist, lambda: dataset.pack(cache_dir=config.broden_cache, workers=config.workers,
                                    progress=config.progress and dist.main)
     )

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from kdfast.data.boxes import BoxedTransform
 from kdfast.data.imagefolder import train_transform
 from kdfast.distill.config import ConfigError
+from kdfast.distributed import rank0_first
 
 BOXED_TYPES = ("waterbirds", "voc")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -50,16 +51,11 @@ def generate(kind, params, processes, where):
     set's root. Bad parameters are ConfigErrors naming `where`."""
     generator = _generator(kind)
     try:
-        if processes.main:
-            root = generator(**params)
-        processes.barrier()
-        if not processes.main:
-            root = generator(**params)
+        return rank0_first(processes, lambda: generator(**params))
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc} (the parameters of {generator.__name__})") from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    return root
 
 
 def boxed_root(data, processes):

@@ -47,7 +47,7 @@ from kdfast.distill.config import ConfigError, dump_config
 from kdfast.distill.task_data import BOXED_TYPES, task_datasets
 from kdfast.metrics.multilabel import f1_from_counts, multilabel_counts
 from kdfast.distill.models import build_model
-from kdfast.distributed import ProcessGroup
+from kdfast.distributed import ProcessGroup, rank0_first
 
 CHECKPOINT_LAST = "last.pt"
 CHECKPOINT_BEST = "best.pt"
@@ -212,14 +212,9 @@ def dataset_root(data, processes, progress):
     make = {"hierarchical": hierarchical_dataset, "world": world_dataset}[data.type]
     generate = dict(root=data.root, progress=progress, **dataclasses.asdict(data.generate))
     try:
-        if processes.main:
-            root = make(**generate)
-        processes.barrier()
-        if not processes.main:
-            root = make(**generate)
+        return rank0_first(processes, lambda: make(**generate))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data.root: {exc}") from exc
-    return root
 
 
 def build_datasets(config, processes, progress):
