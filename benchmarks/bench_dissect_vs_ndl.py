@@ -13,6 +13,7 @@ same Broden) is timed separately and also added into a `+pack` figure.
 Writes benchmarks/results/bench_dissect_vs_ndl_cpu.json and .md.
 """
 import argparse
+import csv
 import hashlib
 import os
 import resource
@@ -29,11 +30,24 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import environment, write_results  # noqa: E402
 
 # kdfast variants: name → extra command-line arguments. "exact" keeps the default float32 NCHW forward, whose
-# tally.csv is byte-identical to earlier kdfast versions; the others change activations in low bits.
+# tally.csv is byte-identical to earlier kdfast versions; "fast" is --fast (channels_last, BatchNorm folded,
+# bfloat16 autocast where the CPU has AVX512_BF16/AMX), whose results differ: each fast row says how much
+# (units whose label is exact's, largest |IoU - exact's IoU|).
 VARIANTS = {
     "exact": [],
-    "channels_last+bf16": ["--channels-last", "--autocast", "bfloat16", "--batch-size", "64"],
+    "fast": ["--fast"],
 }
+
+
+def agreement(tally_csv, exact_csv):
+    """(units labelled as in exact_csv, units, largest |IoU difference| of a unit's best label) of two tally.csv."""
+    def read(path):
+        with open(path, newline="") as f:
+            return {row["unit"]: (row["label"], float(row["score"])) for row in csv.DictReader(f)}
+
+    ours, exact = read(tally_csv), read(exact_csv)
+    same = sum(ours[u][0] == exact[u][0] for u in exact)
+    return same, len(exact), max(abs(ours[u][1] - exact[u][1]) for u in exact)
 
 
 def timed(command, log):
@@ -67,7 +81,8 @@ def main(argv=None):
 
     work = Path(args.work)
     broden = work / f"broden{args.images}"
-    if not (broden / "index.csv").is_file():
+    if not (broden / "index.csv").is_file():  # index.csv is written last: without it, a write was interrupted
+        subprocess.run(["rm", "-rf", str(broden)], check=True)
         synthetic_broden(broden, images=args.images, size=224, seed=0, progress=False)
     weights = work / "resnet18_seed0.pth"
     if not weights.is_file():
@@ -101,6 +116,10 @@ def main(argv=None):
             rows.append({"tool": f"kdfast {name}", "round": round_, "images": args.images, "wall_s": wall,
                          "cpu_s": cpu, "wall_plus_pack_s": wall + pack_wall, "load_avg": load,
                          "tally_sha256": sha256(out / "layer4" / "tally.csv")[:16]})
+            exact_csv = work / f"kdfast_exact_{round_}" / "layer4" / "tally.csv"
+            if name != "exact" and exact_csv.is_file():
+                same, units, iou_diff = agreement(out / "layer4" / "tally.csv", exact_csv)
+                rows[-1].update(labels_as_exact=f"{same}/{units}", max_iou_diff=iou_diff)
     ndl = [r for r in rows if r["tool"] == "NetDissect-Lite"]
     for row in rows:
         if ndl and row["tool"].startswith("kdfast ") and "round" in row:

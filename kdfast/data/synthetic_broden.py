@@ -284,7 +284,8 @@ def write_broden(out, sample, images, size, label_names, label_categories, categ
     (out / "images" / folder).mkdir(parents=True, exist_ok=True)
     seg = size // 2
     stats = _LabelStats(len(label_names), categories)
-    with open(out / "index.csv", "w", newline="") as f:
+    # index.csv appears last, renamed into place, so an interrupted write never looks like a finished Broden.
+    with open(out / "index.csv.partial", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(INDEX_META_COLUMNS + tuple(categories))
         for i in tqdm(range(images), disable=not progress, desc=desc, unit="img"):
@@ -304,6 +305,7 @@ def write_broden(out, sample, images, size, label_names, label_categories, categ
             writer.writerow([f"{base}.jpg", split, size, size, seg, seg] + [cells.get(c, "") for c in categories])
             stats.add(planes, image_labels)
     _write_label_files(out, stats, label_names, label_categories)
+    (out / "index.csv.partial").replace(out / "index.csv")
     return out
 
 

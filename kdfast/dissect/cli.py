@@ -71,6 +71,14 @@ def parse_args(argv):
                    help="run the forward pass in channels_last memory format (changes activations in the last bits)")
     p.add_argument("--autocast", choices=["bfloat16", "float16"],
                    help="autocast the forward pass to this dtype (faster where the hardware has it; changes results)")
+    p.add_argument("--fold-batchnorm", action="store_true",
+                   help="fold each BatchNorm into the convolution before it (one pass fewer per layer; changes "
+                        "activations in the last bits)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fastest forward settings measured (docs/dissect_speed.md): --channels-last, "
+                        "--fold-batchnorm and, where the device computes bfloat16 natively (AVX512_BF16/AMX CPUs, "
+                        "CUDA compute capability >= 8), --autocast bfloat16; results differ from the exact float32 "
+                        "default (reported in run.json)")
     p.add_argument("--activation-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype activations are stored in between the passes; thresholds and tallies use the stored "
                         "values")
@@ -136,6 +144,23 @@ def resolve_model(args):
     return model, weights, broden, norm
 
 
+def native_bfloat16(device):
+    """Whether `device` ("cpu", "cuda", "cuda:1") computes bfloat16 matrix products natively (faster than float32)."""
+    import torch
+
+    if device.split(":")[0] == "cuda":
+        return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def forward_settings(args):
+    """channels_last / autocast / fold_batchnorm of the config: the flags as given, or --fast's choice."""
+    if not args.fast:
+        return {"channels_last": args.channels_last, "autocast": args.autocast, "fold_batchnorm": args.fold_batchnorm}
+    autocast = args.autocast or ("bfloat16" if native_bfloat16(args.device) else None)
+    return {"channels_last": True, "autocast": autocast, "fold_batchnorm": True}
+
+
 def config_from_args(args):
     quantiles = parse_values(args.quantiles, "--quantiles") if args.quantiles else (args.quantile,)
     iou_thresholds = parse_values(args.iou_thresholds, "--iou-thresholds") if args.iou_thresholds else None
@@ -172,8 +197,7 @@ def config_from_args(args):
         checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds,
         top_images=args.top_images,
-        channels_last=args.channels_last,
-        autocast=args.autocast,
+        **forward_settings(args),
         activation_dtype=args.activation_dtype,
         restart=args.restart,
         progress=not args.quiet,
@@ -206,6 +230,10 @@ def main(argv=None):
         packed = pack_broden(config)
         print(f"packed {len(packed)} Broden images into {packed.cache_dir}")
         return None
+    if config.device == "cpu":
+        from kdfast.host_memory import keep_freed_memory
+
+        keep_freed_memory()  # fewer page faults per batch (kdfast/host_memory.py)
     result = dissect(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\ndissected {result.images} images in {result.seconds:.1f} s; IoU >= {result.config.iou_threshold}; "

@@ -92,6 +92,7 @@ class DissectConfig:
     # they are part of the checkpoint identity. The defaults reproduce plain float32 NCHW inference.
     channels_last: bool = False
     autocast: str = None  # None, "bfloat16" or "float16": autocast dtype of the forward pass
+    fold_batchnorm: bool = False  # BatchNorm folded into the convolution before it (models.fold_batchnorm)
     activation_dtype: str = "float32"  # storage of activations between the passes; thresholds use stored values
 
     def __post_init__(self):
@@ -148,6 +149,12 @@ class DissectConfig:
             "device": self.device.split(":")[0],
             "batch_size": self.batch_size,
             "world_size": int(world_size),
-            "forward": {"channels_last": self.channels_last, "autocast": self.autocast,
-                        "activation_dtype": self.activation_dtype},
+            "forward": self._forward_identity(),
         }
+
+    def _forward_identity(self):
+        forward = {"channels_last": self.channels_last, "autocast": self.autocast,
+                   "activation_dtype": self.activation_dtype}
+        if self.fold_batchnorm:  # only when set: checkpoints written before the option existed still resume
+            forward["fold_batchnorm"] = True
+        return forward

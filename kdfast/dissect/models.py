@@ -29,6 +29,49 @@ class Normalizer:
         return images.sub_(self.mean).div_(self.std)
 
 
+def fold_batchnorm(model, keep=()):
+    """Folds every eval-mode BatchNorm2d whose only input is a Conv2d's output (used by nothing else) into that
+    convolution's weight and bias, and replaces the BatchNorm by an Identity; returns the folded (conv, bn)
+    module names. Module names stay as they were, so forward hooks on any module still fire; a convolution
+    named in `keep` (a layer under dissection) is left as it is, since folding would change its output.
+
+    The folded network computes the same function with one pass over each activation fewer, in a different
+    floating-point rounding (the scale is applied to the weights, not to the output): results change in the
+    last bits, so this is an option of the forward settings (docs/dissect_speed.md). The pairs come from a
+    torch.fx trace of the model (fold before adding forward hooks: the trace runs them on proxies); a model fx
+    cannot trace is refused with fx's reason."""
+    import torch.fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (BatchNorm's running statistics are folded)")
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # fx raises many kinds (TraceError, TypeError, ...) for untraceable Python
+        raise ValueError(f"--fold-batchnorm: torch.fx cannot trace the model ({type(exc).__name__}: {exc}); "
+                         "drop --fold-batchnorm, or use --channels-last --autocast bfloat16 instead of --fast") from exc
+    modules = dict(model.named_modules())
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = []
+    for node in graph.nodes:
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, torch.nn.BatchNorm2d) or bn.running_mean is None or len(node.args) != 1:
+            continue
+        source = node.args[0]
+        conv = modules.get(source.target) if getattr(source, "op", None) == "call_module" else None
+        if (not isinstance(conv, torch.nn.Conv2d) or len(source.users) != 1 or source.target in keep
+                or calls[source.target] != 1 or calls[node.target] != 1):
+            continue
+        for name, module in ((source.target, fuse_conv_bn_eval(conv, bn)), (node.target, torch.nn.Identity())):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module)
+        folded.append((source.target, node.target))
+    return folded
+
+
 class _AllRecorded(Exception):
     """Raised from the last hook to skip the rest of the forward pass, whose output nobody needs."""
 

@@ -11,6 +11,7 @@ The batch loops never wait on the host: batches arrive through a DeviceFeeder (p
 GPU), non-finite activations are recorded in per-image device flags that are read only when a checkpoint is
 written and at the end of a pass, and per-image maxima and top images stay on the device.
 """
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from kdfast.dissect.checkpoint import Checkpoint, Schedule
 from kdfast.dissect.distributed import Distributed
 from kdfast.distributed import rank0_first
 from kdfast.dissect.feeder import DeviceFeeder
-from kdfast.dissect.models import LayerRecorder, Normalizer, build_model, file_digest, split_file_spec
+from kdfast.dissect.models import LayerRecorder, Normalizer, build_model, file_digest, fold_batchnorm, split_file_spec
 from kdfast.models.registry import load_checkpoint_model
 from kdfast.dissect.outputs import write_outputs
 from kdfast.dissect.results import Concepts, LayerTally
@@ -119,6 +120,10 @@ class Dissector:
         self.config, self.dist, self.dataset, self.packed = config, dist, dataset, packed
         self.device = dist.device
         self.model = (model if model is not None else load_model(config)).to(self.device).eval()
+        if config.fold_batchnorm:
+            # A caller's model is folded in a copy: folding rewrites its modules.
+            self.model = copy.deepcopy(self.model) if model is not None else self.model
+            fold_batchnorm(self.model, keep=config.layers)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.autocast = None if config.autocast is None else getattr(torch, config.autocast)

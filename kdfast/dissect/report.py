@@ -11,13 +11,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 from kdfast.dissect.config import format_value
-from kdfast.ops.iou_tally import upsample_reference
+from kdfast.ops.iou_tally import bilinear_source_index
 
 _STYLE = """<style>
 body { font-family: sans-serif; margin: 1.5em; }
@@ -81,32 +82,40 @@ def sweep_figure(path, rows, title):
     fig.savefig(path, dpi=100)
 
 
+_UNITS_PER_TASK = 32
 EDGE = (255, 220, 0)  # the mask's inner edge
 RIM = (0, 0, 0)  # the ring just outside it: with the yellow edge, visible on dark and on yellow images
 
 
 def upsample_maps(maps, size):
     """(n, h, w) float maps → float64 (n, size[0], size[1]): bilinear, half-pixel centres, in the tally kernels'
-    arithmetic (upsample_reference). Done separably, columns then rows: an identity resize of an axis is
-    a + 0·(b − a) = a exactly, so the values equal one 2-D upsample_reference call at a fraction of its cost."""
-    h = maps.shape[-2]
-    columns = upsample_reference(maps[:, None], (h, size[1]))[:, 0]  # (n, h, sw)
-    return upsample_reference(columns.transpose(1, 2)[:, None], (size[1], size[0]))[:, 0].transpose(1, 2)
+    arithmetic (the values of upsample_reference), done separably: each row along x, then along y,
+    a + t·(b − a) per axis — exactly upsample_reference's order (it interpolates the two source rows along x,
+    then between them), without its 2-D gathers."""
+    maps = maps.double()
+    h, w = maps.shape[-2:]
+    x0, x1, tx = bilinear_source_index(size[1], w)
+    left = maps[..., x0]
+    columns = maps[..., x1].sub_(left).mul_(tx).add_(left)  # (n, h, sw); in place: the same a + t·(b − a)
+    y0, y1, ty = bilinear_source_index(size[0], h)
+    top = columns[..., y0, :]
+    return columns[..., y1, :].sub_(top).mul_(ty[:, None]).add_(top)
 
 
 def _ring(mask):
-    """Pixels of `mask` with a 4-neighbour outside it."""
+    """Pixels of `mask` (..., h, w) with a 4-neighbour outside it."""
     inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
+    inner[..., 1:, :] &= mask[..., :-1, :]
+    inner[..., :-1, :] &= mask[..., 1:, :]
+    inner[..., :, 1:] &= mask[..., :, :-1]
+    inner[..., :, :-1] &= mask[..., :, 1:]
     return mask & ~inner
 
 
 def overlay(image, mask):
-    """uint8 (ih, iw, 3): outside `mask` the image darkened, the mask's edge yellow, the ring around it black."""
-    out = np.where(mask[..., None], image, (image * 0.25).astype(np.uint8))
+    """uint8 (..., ih, iw, 3): outside `mask` (..., ih, iw) the image darkened to a quarter, the mask's edge
+    yellow, the ring around it black."""
+    out = np.where(mask[..., None], image, image >> 2)  # image >> 2 == floor(image / 4) for uint8
     out[_ring(~mask)] = RIM
     out[_ring(mask)] = EDGE
     return out
@@ -128,17 +137,44 @@ def _font():
     return _FONT
 
 
-def unit_strip(path, images, maps, threshold, caption, tile_size, gap=4, band=18):
-    """One JPEG: a caption band, then the unit's top images side by side at tile_size (h, w), each with the
-    unit's mask (maps (n, h, w) upsampled to tile_size, > threshold) overlaid."""
-    th, tw = tile_size
-    masks = (upsample_maps(maps, tile_size) > float(threshold)).numpy()
-    width = max(1, len(images) * (tw + gap) - gap)
+def unit_masks(maps, thresholds, tile_size):
+    """Per unit: bool (n, th, tw), its (n, h, w) maps upsampled to tile_size > its threshold (ties inactive).
+    All units' maps go through one batched upsample_maps call (the per-map values are the same)."""
+    counts = [m.shape[0] for m in maps]
+    if not sum(counts):
+        return [np.zeros((0, *tile_size), dtype=bool) for _ in maps]
+    per_map = torch.repeat_interleave(torch.tensor([float(t) for t in thresholds], dtype=torch.float64),
+                                      torch.tensor(counts))
+    masks = (upsample_maps(torch.cat(maps), tile_size) > per_map.view(-1, 1, 1)).numpy()
+    return np.split(masks, np.cumsum(counts)[:-1])
+
+
+class Tiles:
+    """Images at the tile size, each loaded and resized once however many units show it (thread-safe enough:
+    two threads may both resize an image, and either result is the same)."""
+
+    def __init__(self, load_image, tile_size):
+        self.load_image, self.tile_size, self.cache = load_image, tile_size, {}
+
+    def __getitem__(self, index):
+        tile = self.cache.get(index)
+        if tile is None:
+            tile = self.load_image(index)
+            th, tw = self.tile_size
+            if tile.shape[:2] != (th, tw):
+                tile = np.asarray(Image.fromarray(tile).resize((tw, th), Image.BILINEAR))
+            self.cache[index] = tile
+        return tile
+
+
+def unit_strip(path, tiles, masks, caption, gap=4, band=18):
+    """One JPEG: a caption band, then the unit's top images (uint8 (th, tw, 3) each) side by side, each with
+    its mask (bool (th, tw)) overlaid."""
+    th, tw = masks.shape[1:] if len(masks) else (0, 0)
+    width = max(1, len(tiles) * (tw + gap) - gap)
     strip = np.full((band + th, width, 3), 255, dtype=np.uint8)
-    for k, (image, mask) in enumerate(zip(images, masks)):
-        if image.shape[:2] != (th, tw):
-            image = np.asarray(Image.fromarray(image).resize((tw, th), Image.BILINEAR))
-        strip[band:, k * (tw + gap): k * (tw + gap) + tw] = overlay(image, mask)
+    for k, tile in enumerate(overlay(np.stack(tiles), masks) if len(tiles) else ()):
+        strip[band:, k * (tw + gap): k * (tw + gap) + tw] = tile
     picture = Image.fromarray(strip)
     ImageDraw.Draw(picture).text((2, 2), caption, fill=(0, 0, 0), font=_font())
     picture.save(path, quality=90)
@@ -191,14 +227,20 @@ def write_report(folder, tally, labels, found, model, image_count, top, load_ima
     indices, maps = top
     ordered = sorted(labels, key=lambda u: (-u.score, u.unit))
 
-    def draw(unit):
-        caption = (f"unit {unit.unit + 1}  {names[unit.label]} ({categories[unit.category]})  "
-                   f"IoU {unit.score:.3f}")
-        unit_strip(strips / f"unit{unit.unit + 1:04d}.jpg", [load_image(i) for i in indices[unit.unit]],
-                   maps[unit.unit], tally.thresholds[unit.unit], caption, tile_size)
+    tiles = Tiles(load_image, tile_size)
 
+    def draw(units):
+        masks = unit_masks([maps[u.unit] for u in units], [tally.thresholds[u.unit] for u in units], tile_size)
+        for unit, unit_mask in zip(units, masks):
+            caption = (f"unit {unit.unit + 1}  {names[unit.label]} ({categories[unit.category]})  "
+                       f"IoU {unit.score:.3f}")
+            unit_strip(strips / f"unit{unit.unit + 1:04d}.jpg", [tiles[i] for i in indices[unit.unit]], unit_mask,
+                       caption)
+
+    # Chunks of units: one batched upsample per chunk, chunks drawn in parallel.
+    chunks = [ordered[i: i + _UNITS_PER_TASK] for i in range(0, len(ordered), _UNITS_PER_TASK)]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(draw, ordered))
+        list(pool.map(draw, chunks))
     rows = []
     for unit in ordered:
         name = f"unit{unit.unit + 1:04d}.jpg"

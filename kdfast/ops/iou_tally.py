@@ -40,21 +40,23 @@ def iou_tally(acts, thresholds, seg, image_labels, label_category, num_categorie
     return TallyCounts(*torch.ops.kdfast.iou_tally(*args, int(num_categories), bool(category_gated)))
 
 
+def bilinear_source_index(out, inp, device="cpu"):
+    """(i0, i1, t) per output position of a half-pixel bilinear resize of an axis from inp to out values: the
+    output is a + t·(b − a) with a, b the inputs at i0, i1 (float64 t), as in the kernels."""
+    scale = inp / out
+    src = (scale * (torch.arange(out, dtype=torch.float64) + 0.5) - 0.5).clamp(min=0)
+    i0 = src.long().clamp(max=inp - 1)
+    i1 = torch.where(i0 < inp - 1, i0 + 1, i0)
+    return i0.to(device), i1.to(device), (src - i0).to(device)
+
+
 def upsample_reference(acts, size):
     """Half-pixel bilinear upsampling written out in plain PyTorch, in the kernels' exact arithmetic
     (a + t·(b − a) in float64): equal to F.interpolate(mode='bilinear', align_corners=False) up to rounding."""
     acts = acts.double()
     h, w = acts.shape[-2:]
-
-    def index(out, inp):
-        scale = inp / out
-        src = (scale * (torch.arange(out, dtype=torch.float64) + 0.5) - 0.5).clamp(min=0)
-        i0 = src.long().clamp(max=inp - 1)
-        i1 = torch.where(i0 < inp - 1, i0 + 1, i0)
-        return i0.to(acts.device), i1.to(acts.device), (src - i0).to(acts.device)
-
-    y0, y1, ty = index(size[0], h)
-    x0, x1, tx = index(size[1], w)
+    y0, y1, ty = bilinear_source_index(size[0], h, acts.device)
+    x0, x1, tx = bilinear_source_index(size[1], w, acts.device)
 
     def lerp(a, b, t):
         return a + t * (b - a)
