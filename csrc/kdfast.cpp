@@ -11,9 +11,10 @@ TORCH_LIBRARY(kdfast, m) {
   // Per-unit k largest values, sorted descending: a (U, k) tensor.
   m.def("unit_topk(Tensor acts, int k) -> Tensor");
   // Dissection tally of one batch: (label pixel counts (L,), intersections (U, L), activations (U, C)).
+  // labels_validated: the caller vouches for the label ranges (checked once at packing), so no host read.
   m.def(
       "iou_tally(Tensor acts, Tensor thresholds, Tensor seg, Tensor image_labels, Tensor label_category, "
-      "int num_categories, bool category_gated) -> (Tensor, Tensor, Tensor)");
+      "int num_categories, bool category_gated, bool labels_validated=False) -> (Tensor, Tensor, Tensor)");
   // Fused e2KD loss over (B, K) logits and (B, N) flattened explanation maps: (T²·mean KL(p_t(T) ‖ p_s(T)),
   // lam·mean(1 − cos(student map, teacher map)), per-row stats (B, 7) the backward reuses).
   m.def(

@@ -144,6 +144,37 @@ def test_opcheck(gen):
     acts, thr, seg, img, cat, C = make_batch(gen)
     for gated in (True, False):
         torch.library.opcheck(torch.ops.kdfast.iou_tally.default, (acts, thr, seg, img, cat, C, gated))
+    torch.library.opcheck(torch.ops.kdfast.iou_tally.default, (acts, thr, seg, img, cat, C, True, True))
+
+
+@pytest.mark.parametrize("case", ["default", "many_labels", "no_planes", "empty_batch"])
+def test_vouched_inputs_give_the_same_counts(gen, case):
+    """labels_validated / check_finite=False (the dissection's call: no host read on a GPU) change no count."""
+    args = make_batch(gen, **CASES[case])
+    for gated in (True, False):
+        want = iou_tally(*args, category_gated=gated)
+        got = iou_tally(*args, category_gated=gated, labels_validated=True, check_finite=False)
+        assert all(torch.equal(w, g) for w, g in zip(want, got))
+
+
+@pytest.mark.parametrize("case", ["seg_label_unknown", "negative_image_label", "category_out_of_range"])
+def test_cpu_checks_label_ranges_even_when_vouched_for(gen, case):
+    """A broken promise cannot corrupt memory on the CPU: its op checks label ranges whatever the flag says."""
+    index, replace, error, match = BAD_INPUTS[case]
+    args = list(make_batch(gen))
+    args[index] = replace(args[index])
+    with pytest.raises(error, match=match):
+        iou_tally(*args, labels_validated=True)
+
+
+def test_unchecked_nan_maps_count_as_inactive(gen):
+    """check_finite=False: a NaN pixel is never active (the float64 reference's rule), on every backend."""
+    acts, thr, seg, img, cat, C = make_batch(gen, B=2, U=3, q=0.3)
+    acts[0, 0, 1, 2] = float("nan")
+    acts[1, 1] = float("nan")
+    want = ops.iou_tally_reference(acts.double(), thr.double(), seg, img, cat, C)
+    got = iou_tally(acts, thr, seg, img, cat, C, check_finite=False, labels_validated=True)
+    assert all(torch.equal(w, g) for w, g in zip(want, got))
 
 
 @requires_cuda
@@ -152,6 +183,12 @@ def test_cuda_counts_identical_to_cpu(gen, case):
     args = make_batch(gen, **CASES[case])
     for gated in (True, False):
         assert_same_counts_on_cuda(iou_tally, args, category_gated=gated)
+
+
+@requires_cuda
+def test_cuda_vouched_labels_equal_cpu(gen):
+    args = make_batch(gen, **CASES["many_labels"])
+    assert_same_counts_on_cuda(iou_tally, args, labels_validated=True, check_finite=False)
 
 
 @requires_cuda

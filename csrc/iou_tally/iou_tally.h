@@ -11,9 +11,13 @@ namespace kdfast {
 
 // Checks shapes and dtypes shared by every backend and returns the per-label pixel counts, which are
 // plain bincounts: each plane pixel counts for its label, each image-level label for seg_h·seg_w pixels.
+// The label ranges (seg, image_labels in [0, L), label_category in [-1, C)) need reads on the host — one
+// sync per call on a GPU — so the CUDA op skips them (check_label_ranges = false) when its caller vouches
+// for labels validated once (a packed Broden cache); the CPU op always checks (no sync to save there).
 inline at::Tensor check_tally_inputs_and_count_labels(const at::Tensor& acts, const at::Tensor& thresholds,
                                                       const at::Tensor& seg, const at::Tensor& image_labels,
-                                                      const at::Tensor& label_category, int64_t num_categories) {
+                                                      const at::Tensor& label_category, int64_t num_categories,
+                                                      bool check_label_ranges) {
   TORCH_CHECK(acts.dim() == 4, "kdfast.iou_tally: acts must be (B, U, h, w), got ", acts.sizes());
   TORCH_CHECK(acts.scalar_type() == at::kFloat, "kdfast.iou_tally: acts must be float32, got ", acts.scalar_type());
   TORCH_CHECK(thresholds.dim() == 1 && thresholds.size(0) == acts.size(1),
@@ -36,18 +40,25 @@ inline at::Tensor check_tally_inputs_and_count_labels(const at::Tensor& acts, co
     TORCH_CHECK(t->device() == acts.device(), "kdfast.iou_tally: all tensors must be on ", acts.device());
   }
   const int64_t num_labels = label_category.size(0);
-  TORCH_CHECK(label_category.min().item<int64_t>() >= -1 && label_category.max().item<int64_t>() < num_categories,
-              "kdfast.iou_tally: label_category entries must be -1 (no category) or in [0, ", num_categories, ")");
-  for (const auto* t : {&seg, &image_labels}) {
-    if (t->numel() == 0) continue;
-    const auto lo = t->min().item<int64_t>(), hi = t->max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < num_labels, "kdfast.iou_tally: ", t == &seg ? "seg" : "image_labels",
-                " holds label numbers in [", lo, ", ", hi, "] but label_category covers only [0, ", num_labels, ")");
+  if (check_label_ranges) {
+    TORCH_CHECK(label_category.min().item<int64_t>() >= -1 && label_category.max().item<int64_t>() < num_categories,
+                "kdfast.iou_tally: label_category entries must be -1 (no category) or in [0, ", num_categories, ")");
+    for (const auto* t : {&seg, &image_labels}) {
+      if (t->numel() == 0) continue;
+      const auto lo = t->min().item<int64_t>(), hi = t->max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < num_labels, "kdfast.iou_tally: ", t == &seg ? "seg" : "image_labels",
+                  " holds label numbers in [", lo, ", ", hi, "] but label_category covers only [0, ", num_labels, ")");
+    }
   }
-  const int64_t pixels = seg.size(2) * seg.size(3);
+  // index_add_ of a broadcast weight, not bincount: bincount on a GPU reads the maximum on the host.
   auto counts = at::zeros({num_labels}, label_category.options());
-  if (seg.numel() > 0) counts += at::bincount(seg.flatten(), {}, num_labels);
-  if (image_labels.numel() > 0) counts += at::bincount(image_labels.flatten(), {}, num_labels) * pixels;
+  const auto add = [&](const at::Tensor& labels, int64_t weight) {
+    if (labels.numel() == 0) return;
+    const auto flat = labels.flatten();
+    counts.index_add_(0, flat, at::full({1}, weight, counts.options()).expand({flat.numel()}));
+  };
+  add(seg, 1);
+  add(image_labels, seg.size(2) * seg.size(3));
   counts.index_put_({0}, 0);  // label 0 means "unlabeled"
   return counts;
 }
@@ -74,9 +85,9 @@ struct TallyProblem {
 
   TallyProblem(const at::Tensor& acts_in, const at::Tensor& thresholds_in, const at::Tensor& seg_in,
                const at::Tensor& image_labels_in, const at::Tensor& label_category_in, int64_t num_categories,
-               bool category_gated)
+               bool category_gated, bool check_label_ranges)
       : label_counts(check_tally_inputs_and_count_labels(acts_in, thresholds_in, seg_in, image_labels_in,
-                                                         label_category_in, num_categories)) {
+                                                         label_category_in, num_categories, check_label_ranges)) {
     acts = acts_in.contiguous();
     thresholds = thresholds_in.contiguous();
     seg = seg_in.contiguous();

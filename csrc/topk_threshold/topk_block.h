@@ -77,6 +77,107 @@ KDFAST_HD void for_each_strided(const float* __restrict__ data, const UnitView& 
   }
 }
 
+// The flat layout: a contiguous (N, U, H, W) tensor, or a row-major (M, U) one (H·W = 1), is ONE array in
+// which value f belongs to unit (f / inner) % units. The one full read of the top-k streams it in 16-B
+// vectors (a unit's runs of H·W values, e.g. 49, are not 16-B aligned, so the per-unit walk above loads 4 B
+// at a time); the values before the first 16-B aligned address (`head`, 0..3) and after the last whole
+// vector (the tail, 0..3) are read one by one.
+struct FlatView {
+  int64_t total;    // values in all (= units · count)
+  int64_t head;     // values before the first 16-B aligned address
+  int64_t vectors;  // whole 16-B vectors after the head
+  int32_t inner, units;
+};
+
+// The flat view of `data` when the layout is flat (units and inner fit 32 bits, the address is 4-B aligned);
+// else `vectors` < 0 (the caller takes the per-unit walk).
+KDFAST_HD FlatView make_flat_view(const UnitView& v, const float* data) {
+  FlatView f{0, 0, -1, 0, 0};
+  const uintptr_t address = (uintptr_t)data;
+  const bool flat = v.s_unit == v.inner && v.s_outer == v.units * v.inner && v.inner < (int64_t(1) << 31) &&
+                    v.units < (int64_t(1) << 31) && address % sizeof(float) == 0;
+  if (!flat) return f;
+  f.total = v.units * v.count;
+  f.head = (int64_t)((16 - address % 16) % 16 / sizeof(float));
+  if (f.head > f.total) f.head = f.total;
+  f.vectors = (f.total - f.head) / 4;
+  f.inner = (int32_t)v.inner, f.units = (int32_t)v.units;
+  return f;
+}
+
+// Unit and position within the unit's run of `inner` values of a flat value: it advances by adds and
+// compares, so the hot loop has no divide (the 64-bit divides in unit_cursor run once per thread).
+struct UnitCursor {
+  int32_t unit, r;
+};
+
+KDFAST_HD UnitCursor unit_cursor(int64_t f, const FlatView& v) {
+  const int64_t run = f / v.inner;
+  return {(int32_t)(run % v.units), (int32_t)(f - run * v.inner)};
+}
+
+KDFAST_HD void cursor_next(UnitCursor& c, const FlatView& v) {
+  if (++c.r == v.inner) {
+    c.r = 0;
+    if (++c.unit == v.units) c.unit = 0;
+  }
+}
+
+// c += step, where step = unit_cursor(d) of a distance d: r stays below 2·inner and unit below 2·units
+// before the wrap, so one subtraction each restores them.
+KDFAST_HD void cursor_advance(UnitCursor& c, const UnitCursor& step, const FlatView& v) {
+  c.r += step.r, c.unit += step.unit;
+  if (c.r >= v.inner) c.r -= v.inner, ++c.unit;
+  if (c.unit >= v.units) c.unit -= v.units;
+}
+
+// Four values from a 16-B aligned address: one 128-bit load on the GPU.
+KDFAST_HD void load_vector(const float* __restrict__ p, float out[4]) {
+#if defined(__CUDA_ARCH__)
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  out[0] = q.x, out[1] = q.y, out[2] = q.z, out[3] = q.w;
+#else
+  std::memcpy(out, p, 4 * sizeof(float));
+#endif
+}
+
+// Visits every value of the flat array as visit(unit, x): thread `first` of a grid of `stride` threads takes
+// vectors first, first + stride, ..., two in flight (32 B per thread), and head/tail value `first`.
+template <typename Visit>
+KDFAST_HD void for_each_flat(const float* __restrict__ data, const FlatView& v, int64_t first, int64_t stride,
+                             Visit&& visit) {
+  const int64_t tail_start = v.head + 4 * v.vectors;
+  if (first < v.head) visit(unit_cursor(first, v).unit, data[first]);
+  if (first < v.total - tail_start) visit(unit_cursor(tail_start + first, v).unit, data[tail_start + first]);
+  if (first >= v.vectors) return;
+  constexpr int kVectors = 2;
+  const float* aligned = data + v.head;
+  const UnitCursor step = unit_cursor(4 * kVectors * stride, v);
+  UnitCursor at[kVectors];
+  KDFAST_UNROLL
+  for (int j = 0; j < kVectors; ++j) at[j] = unit_cursor(v.head + 4 * (first + j * stride), v);
+  for (int64_t i = first; i < v.vectors; i += kVectors * stride) {
+    float x[kVectors][4];
+    bool ok[kVectors];
+    KDFAST_UNROLL
+    for (int j = 0; j < kVectors; ++j) {
+      ok[j] = i + j * stride < v.vectors;
+      if (ok[j]) load_vector(aligned + 4 * (i + j * stride), x[j]);
+    }
+    KDFAST_UNROLL
+    for (int j = 0; j < kVectors; ++j) {
+      if (!ok[j]) continue;
+      UnitCursor c = at[j];
+      KDFAST_UNROLL
+      for (int l = 0; l < 4; ++l) {
+        visit(c.unit, x[j][l]);
+        cursor_next(c, v);
+      }
+      cursor_advance(at[j], step, v);
+    }
+  }
+}
+
 // A slot in a per-unit output row: on the GPU one atomic per warp (the block works on one unit, so
 // every lane that asks shares the counter); on the host a plain increment.
 KDFAST_HD unsigned long long claim_slot(unsigned long long* counter) {
@@ -87,6 +188,15 @@ KDFAST_HD unsigned long long claim_slot(unsigned long long* counter) {
   if (lane == leader) base = atomicAdd(counter, (unsigned long long)__popc(active));
   base = __shfl_sync(active, base, leader);
   return base + __popc(active & ((1u << lane) - 1u));
+#else
+  return (*counter)++;
+#endif
+}
+
+// A slot in a counter that lanes of one warp may not share: one atomic per claim.
+KDFAST_HD unsigned long long claim_any_slot(unsigned long long* counter) {
+#if defined(__CUDA_ARCH__)
+  return atomicAdd(counter, 1ULL);
 #else
   return (*counter)++;
 #endif
@@ -154,6 +264,25 @@ KDFAST_HD void collect_candidates(const float* data, const UnitView& v, int64_t 
     if (float_order_key(x) >= pivot_key) {
       const unsigned long long slot = claim_slot(count);
       if (slot < (unsigned long long)cap) cand_row[slot] = x;
+    }
+  });
+  if (bad) shared_add(nonfinite, bad);
+}
+
+// collect_candidates over the flat array: each value's unit comes from the cursor, so a warp's lanes may
+// hold different units and claim their slots with one atomic each (candidates are ~1% of the values).
+KDFAST_HD void collect_candidates_flat(const float* __restrict__ data, const FlatView& v, int64_t first, int64_t stride,
+                                       const float* __restrict__ pivots, unsigned long long* counts, float* candidates,
+                                       int64_t cap, unsigned int* nonfinite) {
+  unsigned int bad = 0;
+  int32_t pivot_unit = -1;
+  uint32_t pivot_key = 0;
+  for_each_flat(data, v, first, stride, [&](int32_t u, float x) {
+    bad += !is_finite_value(x);
+    if (u != pivot_unit) pivot_unit = u, pivot_key = float_order_key(pivots[u]);  // a new run: its pivot
+    if (float_order_key(x) >= pivot_key) {
+      const unsigned long long slot = claim_any_slot(&counts[u]);
+      if (slot < (unsigned long long)cap) candidates[(int64_t)u * cap + slot] = x;
     }
   });
   if (bad) shared_add(nonfinite, bad);

@@ -5,7 +5,8 @@
 // 1. Sampled pivot (when k is a small fraction of M): an evenly spaced sample of S values per unit gives a
 //    pivot that is, with a wide margin, below the unit's k-th largest value; ONE full read of the
 //    activations copies every value >= pivot into a per-unit candidate row and counts NaN/Inf (the
-//    finiteness check). If every unit has >= k candidates (and they fit), its top k are exactly the top k
+//    finiteness check). A contiguous (N, U, H, W) or (M, U) tensor is read as one array in 16-B vectors
+//    (topk_block.h's FlatView); other layouts unit by unit, 4 B per load. If every unit has >= k candidates (and they fit), its top k are exactly the top k
 //    of its candidates; else (an unlucky or adversarial sample) the full path below runs on the data.
 // 2. Radix select (11 + 11 + 10 bits) over the candidates, or over the data when the pivot does not pay:
 //    three histogram passes narrow each unit to its k-th largest key.
@@ -54,6 +55,7 @@ struct TopkSelection {
   UnitView view{};
   const float* data = nullptr;
   bool sampled = false;
+  bool flat = false;  // the one full read streamed the flat array in 16-B vectors
   uint32_t* keys() { return reinterpret_cast<uint32_t*>(prefix.data_ptr<int>()); }
   uint32_t* mask_keys() { return reinterpret_cast<uint32_t*>(mask.data_ptr<int>()); }
   long long* remaining_ptr() { return reinterpret_cast<long long*>(remaining.data_ptr<int64_t>()); }
@@ -80,9 +82,16 @@ TopkSelection select_topk(Backend& backend, const at::Tensor& acts, int64_t k, i
     auto pivots = std::get<0>(at::topk(samples, plan.rank, 1)).select(1, plan.rank - 1).contiguous();
     auto candidates = at::full({v.units, plan.cap}, -std::numeric_limits<float>::infinity(), opts);
     auto counts = at::zeros({v.units}, opts.dtype(at::kLong));
-    backend.candidates(sel.data, v, pivots.const_data_ptr<float>(),
-                       reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), candidates.data_ptr<float>(),
-                       plan.cap, bad);
+    auto* count_ptr = reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
+    const FlatView flat = make_flat_view(v, sel.data);
+    sel.flat = flat.vectors >= 0;
+    if (sel.flat) {  // a contiguous layout: 16-B vector loads over the whole array
+      backend.candidates_flat(sel.data, flat, pivots.const_data_ptr<float>(), count_ptr, candidates.data_ptr<float>(),
+                              plan.cap, bad);
+    } else {
+      backend.candidates(sel.data, v, pivots.const_data_ptr<float>(), count_ptr, candidates.data_ptr<float>(), plan.cap,
+                         bad);
+    }
     // The call's one host sync: finiteness, and whether every unit's candidates hold its top k.
     const auto status = at::stack({nonfinite.to(at::kLong).squeeze(0), counts.min(), counts.max()}).cpu();
     const int64_t* s = status.const_data_ptr<int64_t>();

@@ -19,10 +19,10 @@ from kdfast.ops._checks import as_float32, as_int, check_dims
 TallyCounts = namedtuple("TallyCounts", ["label_counts", "intersections", "activations"])
 
 
-def _check(acts, thresholds, seg, image_labels, label_category):
-    acts = as_float32(acts, "acts")
+def _check(acts, thresholds, seg, image_labels, label_category, check_finite):
+    acts = as_float32(acts, "acts", finite=check_finite)
     check_dims(acts, "acts", (4,), "(B, U, h, w)")
-    thresholds = as_float32(thresholds, "thresholds")
+    thresholds = as_float32(thresholds, "thresholds", finite=check_finite)
     check_dims(thresholds, "thresholds", (1,), "(U,)")
     seg = as_int(seg, "seg", torch.int32)
     check_dims(seg, "seg", (4,), "(B, P, S_h, S_w) label planes")
@@ -33,11 +33,21 @@ def _check(acts, thresholds, seg, image_labels, label_category):
     return acts, thresholds, seg, image_labels, label_category
 
 
-def iou_tally(acts, thresholds, seg, image_labels, label_category, num_categories, category_gated=True):
-    """Counts for one batch; add them up over the dataset. Returns TallyCounts of int64 tensors."""
-    args = _check(acts, thresholds, seg, image_labels, label_category)
+def iou_tally(acts, thresholds, seg, image_labels, label_category, num_categories, category_gated=True,
+              labels_validated=False, check_finite=True):
+    """Counts for one batch; add them up over the dataset. Returns TallyCounts of int64 tensors.
+
+    Every check that reads data on the host (a sync per call on a GPU) can be vouched for by a caller that
+    did it once: `labels_validated=True` promises that seg and image_labels hold label numbers in [0, L) and
+    label_category entries in [-1, num_categories) (a packed Broden cache checks its labels when it is packed,
+    `PackedBroden.labels_validated`); `check_finite=False` leaves NaN/Inf in acts and thresholds to the caller
+    (the dissection records them in device flags). The counts are the same either way; a NaN pixel never
+    counts as active, on every backend."""
+    args = _check(acts, thresholds, seg, image_labels, label_category, check_finite)
     _extension.load()
-    return TallyCounts(*torch.ops.kdfast.iou_tally(*args, int(num_categories), bool(category_gated)))
+    return TallyCounts(
+        *torch.ops.kdfast.iou_tally(*args, int(num_categories), bool(category_gated), bool(labels_validated))
+    )
 
 
 def bilinear_source_index(out, inp, device="cpu"):
@@ -102,7 +112,8 @@ def iou_tally_reference(acts, thresholds, seg, image_labels, label_category, num
 if _extension.available():
 
     @torch.library.register_fake("kdfast::iou_tally")
-    def _iou_tally_fake(acts, thresholds, seg, image_labels, label_category, num_categories, category_gated):
+    def _iou_tally_fake(acts, thresholds, seg, image_labels, label_category, num_categories, category_gated,
+                        labels_validated=False):
         L = label_category.shape[0]
         U = acts.shape[1]
         return (

@@ -20,8 +20,10 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& acts_in, const at::Tensor& thresholds_in,
                                                              const at::Tensor& seg_in, const at::Tensor& image_labels_in,
                                                              const at::Tensor& label_category_in, int64_t num_categories,
-                                                             bool category_gated) {
-  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated);
+                                                             bool category_gated, bool /*labels_validated*/) {
+  // Label ranges checked even when the caller vouches for them: on the CPU that costs no sync.
+  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated,
+                 /*check_label_ranges=*/true);
   if (t.empty()) return t.result();
   const std::vector<LerpIndex> rows = lerp_table(t.SH, t.h), cols = lerp_table(t.SW, t.w);
   const TallyArgs a = t.args(0, rows.data(), cols.data());
@@ -39,15 +41,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
 
 }  // namespace
 
-// Host emulation of the CUDA kernel's grid (tests only): every (image, unit) block, in shuffled order, runs
-// its phases with `threads` threads visited in a fresh shuffled order per phase (seeded, deterministic).
+// Host emulation of the CUDA op (tests only): its input handling (labels_validated skips the label range
+// checks, as on the GPU), then every (image, unit) block, in shuffled order, runs its phases with `threads`
+// threads visited in a fresh shuffled order per phase (seeded, deterministic).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_iou_tally_cuda(const at::Tensor& acts, const at::Tensor& thresholds,
                                                                       const at::Tensor& seg, const at::Tensor& image_labels,
                                                                       const at::Tensor& label_category, int64_t num_categories,
-                                                                      bool category_gated, int64_t threads, int64_t seed) {
+                                                                      bool category_gated, bool labels_validated,
+                                                                      int64_t threads, int64_t seed) {
   TORCH_CHECK(threads >= 1 && threads <= 1024, "kdfast: emulated blocks need 1..1024 threads, got ", threads);
   TallyProblem t(acts.cpu(), thresholds.cpu(), seg.cpu(), image_labels.cpu(), label_category.cpu(), num_categories,
-                 category_gated);
+                 category_gated, /*check_label_ranges=*/!labels_validated);  // as the CUDA op
   if (t.empty()) return t.result();
   const std::vector<LerpIndex> rows = lerp_table(t.SH, t.h), cols = lerp_table(t.SW, t.w);
   const TallyArgs a = t.args(0, rows.data(), cols.data());

@@ -21,9 +21,10 @@ constexpr int64_t kMaxGridY = 65535;
 std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cuda(const at::Tensor& acts_in, const at::Tensor& thresholds_in,
                                                               const at::Tensor& seg_in, const at::Tensor& image_labels_in,
                                                               const at::Tensor& label_category_in, int64_t num_categories,
-                                                              bool category_gated) {
+                                                              bool category_gated, bool labels_validated) {
   c10::cuda::CUDAGuard guard(acts_in.device());
-  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated);
+  TallyProblem t(acts_in, thresholds_in, seg_in, image_labels_in, label_category_in, num_categories, category_gated,
+                 /*check_label_ranges=*/!labels_validated);
   if (t.empty()) return t.result();
   const int64_t dynamic = tally_dynamic_bytes(t.h, t.w);
   TORCH_CHECK(dynamic <= kTallyMaxDynamicBytes, "kdfast.iou_tally: on CUDA, maps need h + w <= ",

@@ -5,6 +5,7 @@
 
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "emulation.h"
@@ -50,6 +51,13 @@ struct EmulatedBackend {
       }
     });
   }
+  // The 1-D grid of the flat read: blocks_x blocks in all.
+  void candidates_flat(const float* data, const FlatView& v, const float* pivots, unsigned long long* counts, float* cand,
+                       int64_t cap, unsigned int* nonfinite) {
+    grid(1, blocks_x, [&](int bx, int64_t) {
+      for (int t : order()) collect_candidates_flat(data, v, first(bx, t), stride(), pivots, counts, cand, cap, nonfinite);
+    });
+  }
   void histogram(const float* data, const UnitView& v, const RadixPass& pass, unsigned long long* hist,
                  unsigned int* nonfinite) {
     std::vector<int> local(pass.bins);
@@ -89,12 +97,13 @@ EmulatedBackend make_backend(int64_t threads, int64_t blocks_x, int64_t seed) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, bool> emulate_topk_cuda(const at::Tensor& acts, int64_t k, int64_t sample,
-                                                           int64_t threads, int64_t blocks_x, int64_t seed) {
+std::tuple<at::Tensor, at::Tensor, std::string> emulate_topk_cuda(const at::Tensor& acts, int64_t k, int64_t sample,
+                                                                  int64_t threads, int64_t blocks_x, int64_t seed) {
   EmulatedBackend backend = make_backend(threads, blocks_x, seed);
-  const at::Tensor host = acts.cpu();
-  const bool sampled = select_topk(backend, host, k, sample).sampled;
-  return {topk_threshold_with(backend, host, k, sample), unit_topk_with(backend, host, k, sample), sampled};
+  const at::Tensor host = acts.cpu();  // a CPU tensor as it is: the flat read's head follows its address
+  const TopkSelection sel = select_topk(backend, host, k, sample);
+  const std::string path = !sel.sampled ? "radix" : sel.flat ? "pivot_flat" : "pivot";
+  return {topk_threshold_with(backend, host, k, sample), unit_topk_with(backend, host, k, sample), path};
 }
 
 }  // namespace kdfast

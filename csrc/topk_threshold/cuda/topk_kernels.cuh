@@ -50,6 +50,15 @@ __global__ void __launch_bounds__(kTopkThreads)
                      float_order_key(pivots[u]), &counts[u], candidates + u * cap, cap, nonfinite);
 }
 
+// The flat layout's one full read: a 1-D grid-stride loop over the whole array in 16-B vectors.
+__global__ void __launch_bounds__(kTopkThreads)
+    candidates_flat_kernel(const float* __restrict__ data, const __grid_constant__ FlatView v,
+                           const float* __restrict__ pivots, unsigned long long* __restrict__ counts,
+                           float* __restrict__ candidates, int64_t cap, unsigned int* nonfinite) {
+  collect_candidates_flat(data, v, (int64_t)blockIdx.x * blockDim.x + threadIdx.x, (int64_t)gridDim.x * blockDim.x,
+                          pivots, counts, candidates, cap, nonfinite);
+}
+
 __global__ void __launch_bounds__(kTopkThreads)
     gather_greater_kernel(const float* __restrict__ data, const __grid_constant__ UnitView v, int64_t u0,
                           const uint32_t* __restrict__ prefix, unsigned long long* __restrict__ fill,

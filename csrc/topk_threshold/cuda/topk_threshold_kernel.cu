@@ -43,6 +43,14 @@ struct CudaBackend {
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  void candidates_flat(const float* data, const FlatView& v, const float* pivots, unsigned long long* counts, float* cand,
+                       int64_t cap, unsigned int* nonfinite) {
+    // ~8 vectors (32 values) per thread, at most 8192 blocks (~8 waves of 6 resident blocks on 132 SMs).
+    const int64_t wanted = (v.vectors + kTopkThreads * 8 - 1) / (kTopkThreads * 8);
+    const unsigned blocks = (unsigned)std::max<int64_t>(1, std::min<int64_t>(wanted, 8192));
+    candidates_flat_kernel<<<blocks, kTopkThreads, 0, stream>>>(data, v, pivots, counts, cand, cap, nonfinite);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   void histogram(const float* data, const UnitView& v, const RadixPass& pass, unsigned long long* hist,
                  unsigned int* nonfinite) {
     tiles(v.units, [&](int64_t u0, unsigned n) {
