@@ -5,6 +5,7 @@ the files, label statistics recounted from the decoded planes); every error case
 of a synthetic dataset and must name the offending file (and CSV line/column)."""
 
 import csv
+import json
 import pickle
 import re
 import shutil
@@ -334,6 +335,20 @@ def test_pack_round_trip(synthetic, tmp_path):
     assert_same_as_load(pickle.loads(pickle.dumps(packed)), ds)  # DataLoader workers reopen the memmaps
     with pytest.raises(IndexError, match="out of range"):
         packed[IMAGES]
+
+
+def test_pack_records_that_its_labels_were_validated(synthetic, tmp_path):
+    """A complete pack vouches for its label ranges (checked as index.csv was read and each PNG decoded; the
+    dissection's tally then reads no label on the host); a cache whose meta predates the record does not."""
+    packed = BrodenDataset(synthetic).pack(tmp_path / "cache", progress=False)
+    assert packed.labels_validated
+    labels = len(packed.label_names)
+    assert int(np.asarray(packed._planes).max()) < labels and int(np.asarray(packed._labels).max()) < labels
+    meta_path = tmp_path / "cache" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["labels_validated"]
+    meta_path.write_text(json.dumps(meta))
+    assert not PackedBroden.open(tmp_path / "cache").labels_validated
 
 
 def test_pack_default_cache_dir_and_reuse(broken, monkeypatch):

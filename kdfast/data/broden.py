@@ -498,6 +498,10 @@ class BrodenDataset:
             commit()  # never lose images that were completely written, even when a decode failed
             bar.close()
         meta["complete"] = True
+        # Every image-level label was checked against label.csv when index.csv was read, every plane pixel when
+        # its PNG was decoded (above): a complete cache vouches for its label ranges, so consumers (the
+        # dissection's iou_tally calls) need not read them again on every batch.
+        meta["labels_validated"] = True
         _write_meta(cache_dir, meta)
         return PackedBroden.open(cache_dir)
 
@@ -638,6 +642,9 @@ class PackedBroden(torch.utils.data.Dataset):
         self._offsets = np.asarray(arrays["plane_offsets"])
         self._labels = arrays["image_labels"]
         self._label_counts = np.count_nonzero(np.asarray(self._labels), axis=1)
+        # Whether packing checked every label number against label.csv (caches packed before this was
+        # recorded say False: their users check labels per batch, as before).
+        self.labels_validated = bool(meta.get("labels_validated", False))
 
     @classmethod
     def open(cls, cache_dir):

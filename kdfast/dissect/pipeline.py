@@ -13,6 +13,7 @@ written and at the end of a pass, and per-image maxima and top images stay on th
 """
 import copy
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -133,6 +134,9 @@ class Dissector:
         self.normalize = Normalizer(config.mean, config.std, self.device)
         self.label_category = torch.as_tensor(packed.label_category, dtype=torch.int64, device=self.device)
         self.num_categories = len(packed.categories)
+        # No host read per tally call: label ranges were checked when the cache was packed (older caches: checked
+        # per call, as before) and non-finite maps are the device flags' job (read at checkpoints and the end).
+        self.tally = functools.partial(iou_tally, labels_validated=packed.labels_validated, check_finite=False)
         self.images = len(packed)
         self.shard = list(dist.shard(self.images))
         size = config.batch_size
@@ -318,7 +322,7 @@ class Dissector:
                         flags[layer][rows] = ~torch.isfinite(a).flatten(1).all(dim=1)
                 for layer, a in acts.items():
                     for sums, threshold in zip(counts[layer], thresholds[layer]):
-                        found = self._run_op(flags, iou_tally, a, threshold, batch["seg"], batch["image_labels"],
+                        found = self._run_op(flags, self.tally, a, threshold, batch["seg"], batch["image_labels"],
                                              self.label_category, self.num_categories, gated)
                         for total, part in zip(sums, found):
                             total += part
