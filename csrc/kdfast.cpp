@@ -16,15 +16,12 @@ TORCH_LIBRARY(kdfast, m) {
       "iou_tally(Tensor acts, Tensor thresholds, Tensor seg, Tensor image_labels, Tensor label_category, "
       "int num_categories, bool category_gated, bool labels_validated=False) -> (Tensor, Tensor, Tensor)");
   // Fused e2KD loss over (B, K) logits and (B, N) flattened explanation maps: (T²·mean KL(p_t(T) ‖ p_s(T)),
-  // lam·mean(1 − cos(student map, teacher map)), per-row stats (B, 7) the backward reuses).
+  // lam·mean(1 − cos(student map, teacher map)), d kd/d student_logits (B, K), d explanation/d student_maps
+  // (B, N)); the gradients are computed in the forward only with compute_grad (else 0-element tensors), and
+  // the registered backward scales them (teacher inputs are constants).
   m.def(
       "kd_explain_loss(Tensor student_logits, Tensor teacher_logits, Tensor student_maps, Tensor teacher_maps, "
-      "float T, float lam, float eps=1e-8) -> (Tensor, Tensor, Tensor)");
-  // Its backward: gradients w.r.t. student_logits and student_maps (teacher inputs are constants).
-  m.def(
-      "kd_explain_loss_backward(Tensor grad_kd, Tensor grad_explanation, Tensor student_logits, "
-      "Tensor teacher_logits, Tensor student_maps, Tensor teacher_maps, Tensor stats, float T, float lam, "
-      "float eps) -> (Tensor, Tensor)");
+      "float T, float lam, float eps=1e-8, bool compute_grad=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // B-cos convolution forward with unit-norm weight (O·max_out, C/groups, kH, kW): (out (N, O, Ho, Wo),
   // linear = ŵᵀx (N, O·max_out, Ho, Wo), patch norms (N, groups, Ho, Wo)); the last two are saved for the
   // backward. `explain` (explanation mode: dynamic scale treated as a constant) changes only the backward.

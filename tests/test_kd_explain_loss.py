@@ -1,5 +1,6 @@
 """torch.ops.kdfast.kd_explain_loss (C++ CPU kernel, Triton kernel under the interpreter) against the e2KD
-formula re-derived row by row in float64, autograd on the plain-PyTorch reference, gradcheck and opcheck."""
+formula re-derived row by row in float64, autograd on the plain-PyTorch reference, gradcheck and opcheck; the
+gradients computed in the forward (compute_grad), none in eval, and one validation per call."""
 import math
 import os
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import kdfast.ops.kd_explain_loss as loss_module
 from kdfast import _extension
 from kdfast.ops.kd_explain_loss import kd_explain_loss, kd_explain_loss_reference, kd_explain_loss_terms
 from conftest import requires_cuda
@@ -68,17 +71,22 @@ def test_forward_and_backward_match_the_formula(gen, B, K, N, T, lam):
     assert t.grad is None
 
 
+TERMS_USED = {"both": lambda kd, ex: kd + ex, "kd only": lambda kd, ex: kd, "explanation only": lambda kd, ex: 3.0 * ex}
+
+
 @needs_ext
+@pytest.mark.parametrize("used", TERMS_USED)
 @pytest.mark.parametrize("B,K,N", SHAPES[1:4])
-def test_backward_equals_autograd_of_the_reference(gen, B, K, N):
+def test_backward_equals_autograd_of_the_reference(gen, B, K, N, used):
+    """Also when only one term is backpropagated: the other's gradient is zero (the reference leaves it None)."""
     s, t, u, v = random_inputs(gen, B, K, N)
     ours = [x.clone().requires_grad_(True) for x in (s, u)]
     theirs = [x.clone().requires_grad_(True) for x in (s, u)]
-    kd_explain_loss(ours[0], t, ours[1], v, 4.0, 2.0).backward()
-    kd, ex = kd_explain_loss_reference(theirs[0], t, theirs[1], v, 4.0, 2.0)
-    (kd + ex).backward()
+    TERMS_USED[used](*kd_explain_loss_terms(ours[0], t, ours[1], v, 4.0, 2.0)).backward()
+    TERMS_USED[used](*kd_explain_loss_reference(theirs[0], t, theirs[1], v, 4.0, 2.0)).backward()
     for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-14)
+        want = torch.zeros_like(a) if b.grad is None else b.grad
+        torch.testing.assert_close(a.grad, want, rtol=1e-9, atol=1e-14)
 
 
 @needs_ext
@@ -91,13 +99,80 @@ def test_gradcheck(gen, B, K, N):
 
 
 @needs_ext
+@pytest.mark.parametrize("compute_grad", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(gen, dtype):
+def test_opcheck(gen, dtype, compute_grad):
     s, t, u, v = random_inputs(gen, 3, 6, 20, dtype=dtype)
-    torch.library.opcheck(
-        torch.ops.kdfast.kd_explain_loss.default,
-        (s.requires_grad_(True), t, u.requires_grad_(True), v, 4.0, 1.5, 1e-8),
-    )
+    s.requires_grad_(compute_grad)
+    u.requires_grad_(compute_grad)
+    torch.library.opcheck(torch.ops.kdfast.kd_explain_loss.default, (s, t, u, v, 4.0, 1.5, 1e-8, compute_grad))
+
+
+class OpCalls(TorchDispatchMode):
+    """Records the outputs of every torch.ops.kdfast.kd_explain_loss call made under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.kdfast.kd_explain_loss.default:
+            self.outputs.append(out)
+        return out
+
+
+@needs_ext
+def test_gradients_are_computed_in_the_forward_only_when_needed(gen):
+    """Training: one op call returns the per-unit gradients (the backward only scales them). Eval (no_grad, or
+    no student input requiring grad, e.g. only the teacher's): the op computes none, and a backward through
+    the teacher-only case gives the teacher no gradient (it is a constant)."""
+    s, t, u, v = random_inputs(gen, 3, 5, 8)
+    for grad_needed, context, inputs in [
+        (True, torch.enable_grad, (s.clone().requires_grad_(True), t, u, v)),
+        (True, torch.enable_grad, (s, t, u.clone().requires_grad_(True), v)),
+        (False, torch.no_grad, (s.clone().requires_grad_(True), t, u.clone().requires_grad_(True), v)),
+        (False, torch.enable_grad, (s, t.clone().requires_grad_(True), u, v.clone().requires_grad_(True))),
+    ]:
+        with context(), OpCalls() as calls:
+            kd, ex = kd_explain_loss_terms(*inputs, 4.0, 2.0)
+        [(_, _, grad_logits, grad_maps)] = calls.outputs
+        if grad_needed:
+            _, _, want_gs, want_gu = direct(s, t, u, v, 4.0, 2.0)
+            torch.testing.assert_close(grad_logits, want_gs, rtol=1e-9, atol=1e-14)
+            torch.testing.assert_close(grad_maps, want_gu, rtol=1e-9, atol=1e-14)
+        else:
+            assert grad_logits.numel() == 0 and grad_maps.numel() == 0
+            if kd.requires_grad:
+                (kd + ex).backward()
+                assert inputs[1].grad is None and inputs[3].grad is None
+
+
+@needs_ext
+def test_backward_needs_compute_grad(gen):
+    s, t, u, v = random_inputs(gen, 2, 4, 6)
+    kd, _, _, _ = torch.ops.kdfast.kd_explain_loss(s.requires_grad_(True), t, u, v, 1.0, 1.0, 1e-8, False)
+    with pytest.raises(RuntimeError, match="compute_grad=False"):
+        kd.backward()
+
+
+@needs_ext
+def test_the_arguments_are_validated_once(gen, monkeypatch):
+    """check_loss_inputs (the argument-naming checks and dtype/shape normalisation) runs once per loss
+    evaluation, forward and backward together; the kernels only assert invariants."""
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return check(*args)
+
+    check = loss_module.check_loss_inputs
+    monkeypatch.setattr(loss_module, "check_loss_inputs", counted)
+    s, t, u, v = random_inputs(gen, 3, 5, 8)
+    s.requires_grad_(True)
+    u.requires_grad_(True)
+    kd_explain_loss(s, t, u, v, 2.0, 1.0).backward()
+    assert len(calls) == 1 and s.grad is not None and u.grad is not None
 
 
 @needs_ext
@@ -232,8 +307,14 @@ TRITON_CHECK = textwrap.dedent(
     """
     import triton_gpu_scalars  # Python float arguments arrive as float32, as on a GPU
     import torch
-    from test_kd_explain_loss import direct
-    from kdfast.ops.triton.kd_explain_loss import kd_explain_loss_backward, kd_explain_loss_forward
+    import kdfast.ops.kd_explain_loss as loss_module
+    from test_kd_explain_loss import OpCalls, direct
+    # The CUDA face on CPU tensors: the kernel registered for CUDA, registered for the CPU too, so the whole op
+    # (validation, autograd, kernels) runs through the Triton kernels.
+    torch.library.register_kernel("kdfast::kd_explain_loss", "cpu", loss_module._triton_kernel)
+    validations = []
+    check = loss_module.check_loss_inputs
+    loss_module.check_loss_inputs = lambda *args: validations.append(1) or check(*args)
     gen = torch.Generator().manual_seed(0)
     T, lam, eps = 2.3, 0.7, 1.1e-8  # none is a float32 number: float64 must not see them rounded
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
@@ -242,16 +323,40 @@ TRITON_CHECK = textwrap.dedent(
             t = torch.randn(B, K, generator=gen, dtype=dtype) * 3
             u = torch.rand(B, N, generator=gen, dtype=dtype)
             v = torch.randn(B, N, generator=gen, dtype=dtype)
+            if K > 1:
+                s[0, : K // 2] = s[0, 0]  # ties
+                t[-1] *= 1e4  # huge logits
             u[0] = 0 if N > 1 else u[0]  # a zero student map: the eps branch
-            kd, ex, stats = kd_explain_loss_forward(s, t, u, v, T, lam, eps)
-            gs, gu = kd_explain_loss_backward(torch.tensor(0.7, dtype=dtype), torch.tensor(1.3, dtype=dtype),
-                                              s, t, u, v, stats, T, lam, eps)
+            v[-1] = 0 if B > 2 else v[-1]  # a zero teacher map
             want_kd, want_ex, want_gs, want_gu = direct(s, t, u, v, T, lam, eps)
+            a, b = s.clone().requires_grad_(True), u.clone().requires_grad_(True)
+            del validations[:]
+            with OpCalls() as calls:
+                kd, ex = loss_module.kd_explain_loss_terms(a, t, b, v, T, lam, eps)
+            (0.7 * kd + 1.3 * ex).backward()
+            assert len(validations) == 1 and len(calls.outputs) == 1, (len(validations), len(calls.outputs))
             assert abs(kd.item() - want_kd) <= tol * max(1, want_kd), (dtype, B, K, N, kd.item(), want_kd)
             assert abs(ex.item() - want_ex) <= tol * max(1, want_ex), (dtype, B, K, N, ex.item(), want_ex)
             scale_s, scale_u = want_gs.abs().max().item(), want_gu.abs().max().item()
-            assert (gs.double() - 0.7 * want_gs).abs().max() <= tol * scale_s, (dtype, B, K, N, "grad s")
-            assert (gu.double() - 1.3 * want_gu).abs().max() <= tol * max(scale_u, 1e-30), (dtype, B, K, N, "grad u")
+            assert (a.grad.double() - 0.7 * want_gs).abs().max() <= tol * scale_s, (dtype, B, K, N, "grad s")
+            assert (b.grad.double() - 1.3 * want_gu).abs().max() <= tol * max(scale_u, 1e-30), (dtype, B, K, N, "grad u")
+            a.grad = b.grad = None
+            loss_module.kd_explain_loss_terms(a, t, b, v, T, lam, eps)[1].backward()  # explanation only
+            assert torch.equal(a.grad, torch.zeros_like(a)), (dtype, B, K, N, "kd unused")
+            assert (b.grad.double() - want_gu).abs().max() <= tol * max(scale_u, 1e-30), (dtype, B, K, N, "ex only")
+            with torch.no_grad(), OpCalls() as calls:
+                eval_kd, eval_ex = loss_module.kd_explain_loss_terms(a, t, b, v, T, lam, eps)
+            assert calls.outputs[0][2].numel() == 0 and calls.outputs[0][3].numel() == 0  # eval: no gradients
+            assert torch.equal(eval_kd, kd.detach()) and torch.equal(eval_ex, ex.detach())
+    s = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    for args, message in (((s, s.float(), s, s), "one dtype"), ((s, s, s, s[:, :3]), "teacher_maps must match"),
+                          ((s, s, s[:, :0], s[:, :0]), "needs B >= 1")):
+        try:
+            torch.ops.kdfast.kd_explain_loss(*args, 1.0, 1.0)
+        except RuntimeError as error:
+            assert message in str(error), (message, str(error))
+        else:
+            raise AssertionError(f"no error for {message}")
     print("triton ok")
     """
 )

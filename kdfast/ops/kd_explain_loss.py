@@ -8,10 +8,14 @@ flattened; resize maps to one size first). Each norm is clamped at eps like
 torch.nn.functional.cosine_similarity, so a zero map has cos = 0 (explanation term = lam for that row), and
 the gradient there is the exact derivative of the clamped formula: −lam/B · v / (eps · max(‖v‖, eps)).
 
-Forward and backward are fused per row: C++ on the CPU, Triton on CUDA (registered below for the CUDA
-dispatch key). The forward leaves per-row statistics (softmax maxima and log-normalisers, map norms, the dot
-product) that the backward reuses, so the backward is one elementwise pass. Gradients flow to the student inputs only; the teacher's
-logits and maps are constants (their gradients are None even if they require grad).
+One op call, one validation: kd_explain_loss_terms (every caller's entry point) checks and normalises the
+arguments once (check_loss_inputs, errors naming the argument), then calls torch.ops.kdfast.kd_explain_loss,
+whose kernels (C++ on the CPU, Triton on CUDA) only assert the invariants their indexing relies on. When the
+student inputs require grad the op computes the gradients in its forward (compute_grad=True: d kd/d logits
+while a row's logits are in cache, d explanation/d maps right after the row's norms), and its backward only
+scales them by the incoming gradients — exact, because kd depends only on the logits and explanation only
+on the maps. Without grad (eval, torch.no_grad) no gradient is computed. Gradients flow to the student inputs
+only; the teacher's logits and maps are constants (their gradients are None even if they require grad).
 """
 import math
 
@@ -20,8 +24,6 @@ import torch
 from kdfast import _extension
 
 DEFAULT_EPS = 1e-8
-# Per-row statistics the forward leaves for the backward (a softmax as raw row max + log Σ exp((z − max)/T)).
-STATS_COLUMNS = ("max_student", "log_z_student", "max_teacher", "log_z_teacher", "norm_student", "norm_teacher", "dot")
 _WIDENED = (torch.float16, torch.bfloat16)
 
 
@@ -77,7 +79,8 @@ def kd_explain_loss_terms(student_logits, teacher_logits, student_maps, teacher_
     """(kd, explanation) scalars of the fused op; both differentiable w.r.t. the student inputs."""
     args = check_loss_inputs(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps)
     _extension.load()
-    kd, explanation, _ = torch.ops.kdfast.kd_explain_loss(*args, float(T), float(lam), float(eps))
+    compute_grad = torch.is_grad_enabled() and (args[0].requires_grad or args[2].requires_grad)
+    kd, explanation, _, _ = torch.ops.kdfast.kd_explain_loss(*args, float(T), float(lam), float(eps), compute_grad)
     return kd, explanation
 
 
@@ -98,51 +101,43 @@ def kd_explain_loss_reference(student_logits, teacher_logits, student_maps, teac
     return T * T * kl.mean(), lam * (1.0 - cos).mean()
 
 
-def _triton_forward(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps=DEFAULT_EPS):
-    from kdfast.ops.triton.kd_explain_loss import kd_explain_loss_forward
+def _triton_kernel(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps=DEFAULT_EPS,
+                   compute_grad=False):
+    from kdfast.ops.triton.kd_explain_loss import kd_explain_loss_triton
 
-    return kd_explain_loss_forward(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps)
-
-
-def _triton_backward(grad_kd, grad_explanation, student_logits, teacher_logits, student_maps, teacher_maps, stats, T, lam, eps):
-    from kdfast.ops.triton.kd_explain_loss import kd_explain_loss_backward
-
-    return kd_explain_loss_backward(
-        grad_kd, grad_explanation, student_logits, teacher_logits, student_maps, teacher_maps, stats, T, lam, eps
-    )
+    return kd_explain_loss_triton(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps, compute_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps = inputs
-    ctx.save_for_backward(student_logits, teacher_logits, student_maps, teacher_maps, output[2])
-    ctx.mark_non_differentiable(output[2])
-    ctx.T, ctx.lam, ctx.eps = T, lam, eps
+    ctx.compute_grad = inputs[7]
+    ctx.mark_non_differentiable(output[2], output[3])
+    ctx.save_for_backward(output[2], output[3])
 
 
-def _backward(ctx, grad_kd, grad_explanation, _grad_stats):
-    student_logits, teacher_logits, student_maps, teacher_maps, stats = ctx.saved_tensors
-    # An unused output (e.g. only kd was backpropagated) arrives as None: it contributed nothing.
-    grad_kd = torch.zeros_like(stats[0, 0]) if grad_kd is None else grad_kd
-    grad_explanation = torch.zeros_like(stats[0, 0]) if grad_explanation is None else grad_explanation
-    grad_logits, grad_maps = torch.ops.kdfast.kd_explain_loss_backward(
-        grad_kd, grad_explanation, student_logits, teacher_logits, student_maps, teacher_maps, stats,
-        ctx.T, ctx.lam, ctx.eps,
-    )
-    return grad_logits, None, grad_maps, None, None, None, None
+def _backward(ctx, grad_kd, grad_explanation, _grad_grad_logits, _grad_grad_maps):
+    needs_logits, needs_maps = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    if (needs_logits or needs_maps) and not ctx.compute_grad:
+        raise RuntimeError(
+            "kdfast.kd_explain_loss was called with compute_grad=False, so it computed no gradients to "
+            "backpropagate; call it with compute_grad=True (kdfast.ops.kd_explain_loss_terms does whenever the "
+            "student inputs require grad)"
+        )
+    grad_logits_per_kd, grad_maps_per_explanation = ctx.saved_tensors
+    # kd depends only on the student logits, explanation only on the student maps: a scale is the whole chain rule.
+    grad_logits = grad_kd * grad_logits_per_kd if needs_logits else None
+    grad_maps = grad_explanation * grad_maps_per_explanation if needs_maps else None
+    return grad_logits, None, grad_maps, None, None, None, None, None
 
 
 if _extension.available():
 
     @torch.library.register_fake("kdfast::kd_explain_loss")
-    def _kd_explain_loss_fake(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps=DEFAULT_EPS):
+    def _kd_explain_loss_fake(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps=DEFAULT_EPS,
+                              compute_grad=False):
         scalar = student_logits.new_empty(())
-        return scalar, scalar.clone(), student_logits.new_empty(student_logits.shape[0], len(STATS_COLUMNS))
-
-    @torch.library.register_fake("kdfast::kd_explain_loss_backward")
-    def _kd_explain_loss_backward_fake(grad_kd, grad_explanation, student_logits, teacher_logits, student_maps,
-                                       teacher_maps, stats, T, lam, eps):
-        return torch.empty_like(student_logits), torch.empty_like(student_maps)
+        if compute_grad:
+            return scalar, scalar.clone(), student_logits.new_empty(student_logits.shape), student_maps.new_empty(student_maps.shape)
+        return scalar, scalar.clone(), student_logits.new_empty(0), student_maps.new_empty(0)
 
     torch.library.register_autograd("kdfast::kd_explain_loss", _backward, setup_context=_setup_context)
-    torch.library.register_kernel("kdfast::kd_explain_loss", "cuda", _triton_forward)
-    torch.library.register_kernel("kdfast::kd_explain_loss_backward", "cuda", _triton_backward)
+    torch.library.register_kernel("kdfast::kd_explain_loss", "cuda", _triton_kernel)

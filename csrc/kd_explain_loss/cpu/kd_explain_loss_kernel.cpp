@@ -1,7 +1,8 @@
 // Fused e2KD loss on the CPU: per row, the temperature-scaled KL divergence between teacher and student
-// softmaxes and the cosine between the flattened explanation maps, in one pass over each row's logits and
-// one over its maps. Rows are spread over OpenMP threads; sums run in double whatever the input dtype, and
-// the batch reduction is a fixed-order loop, so results do not depend on the thread count.
+// softmaxes and the cosine between the flattened explanation maps and, with compute_grad, the gradients of the
+// two terms w.r.t. the student inputs, written while the row is still in cache (the backward then only scales
+// them). Rows are spread over OpenMP threads; sums run in double whatever the input dtype, and the batch
+// reduction is a fixed-order loop, so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,13 +17,10 @@
 namespace kdfast {
 namespace {
 
-// Columns of the per-row statistics the forward leaves for the backward. A softmax is kept as its raw
-// (unscaled) row maximum and log Σ exp((z − max)/T), not as one log-sum-exp: z_j − max is exact for nearby
-// values, so p_j = exp((z_j − max)/T − log_z) stays accurate for large logits even in float32 storage.
-enum Stat { kMaxStudent = 0, kLogZStudent, kMaxTeacher, kLogZTeacher, kNormStudent, kNormTeacher, kDot, kNumStats };
-
-void check_inputs(const at::Tensor& s_logits, const at::Tensor& t_logits, const at::Tensor& s_maps,
-                  const at::Tensor& t_maps, double T, double eps) {
+// The arguments are validated (with messages naming them) once, by kdfast.ops.kd_explain_loss's wrapper; a
+// direct torch.ops call skips that, so the kernel keeps these O(1) checks of what its indexing relies on.
+void check_invariants(const at::Tensor& s_logits, const at::Tensor& t_logits, const at::Tensor& s_maps,
+                      const at::Tensor& t_maps, double T, double eps) {
   TORCH_CHECK(s_logits.dim() == 2, "kdfast.kd_explain_loss: student_logits must be (B, K), got ", s_logits.sizes());
   TORCH_CHECK(s_maps.dim() == 2, "kdfast.kd_explain_loss: student_maps must be (B, N), got ", s_maps.sizes());
   TORCH_CHECK(t_logits.sizes() == s_logits.sizes(), "kdfast.kd_explain_loss: teacher_logits must match student_logits ",
@@ -49,25 +47,31 @@ void check_inputs(const at::Tensor& s_logits, const at::Tensor& t_logits, const 
 // Rows per parallel chunk: enough that each chunk touches ~32k values.
 int64_t row_grain(int64_t values_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, values_per_row)); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_explain_loss_cpu(const at::Tensor& s_logits_in,
-                                                                   const at::Tensor& t_logits_in,
-                                                                   const at::Tensor& s_maps_in,
-                                                                   const at::Tensor& t_maps_in, double T, double lam,
-                                                                   double eps) {
-  check_inputs(s_logits_in, t_logits_in, s_maps_in, t_maps_in, T, eps);
+// Returns (kd, explanation, d kd / d student_logits, d explanation / d student_maps); the two gradients are
+// 0-element tensors unless compute_grad.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kd_explain_loss_cpu(
+    const at::Tensor& s_logits_in, const at::Tensor& t_logits_in, const at::Tensor& s_maps_in,
+    const at::Tensor& t_maps_in, double T, double lam, double eps, bool compute_grad) {
+  check_invariants(s_logits_in, t_logits_in, s_maps_in, t_maps_in, T, eps);
   const auto s_logits = s_logits_in.contiguous(), t_logits = t_logits_in.contiguous();
   const auto s_maps = s_maps_in.contiguous(), t_maps = t_maps_in.contiguous();
   const int64_t B = s_logits.size(0), K = s_logits.size(1), N = s_maps.size(1);
-  auto stats = at::empty({B, kNumStats}, s_logits.options());
+  auto grad_logits = compute_grad ? s_logits.new_empty({B, K}) : s_logits.new_empty({0});
+  auto grad_maps = compute_grad ? s_maps.new_empty({B, N}) : s_maps.new_empty({0});
   std::vector<double> kl(B), cosine(B);
+  // d(T² mean KL)/ds_j = T (p_s,j − p_t,j) / B;  d(lam mean(1 − cos))/du = −lam/B · dcos/du.
+  const double logit_scale = T / (double)B, map_scale = -lam / (double)B;
 
   AT_DISPATCH_FLOATING_TYPES(s_logits.scalar_type(), "kd_explain_loss_cpu", [&] {
     const scalar_t* sl = s_logits.const_data_ptr<scalar_t>();
     const scalar_t* tl = t_logits.const_data_ptr<scalar_t>();
     const scalar_t* sm = s_maps.const_data_ptr<scalar_t>();
     const scalar_t* tm = t_maps.const_data_ptr<scalar_t>();
-    scalar_t* st = stats.data_ptr<scalar_t>();
+    scalar_t* gl = compute_grad ? grad_logits.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gm = compute_grad ? grad_maps.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, row_grain(K + N), [&](int64_t begin, int64_t end) {
+      // exp((z_j − max)/T) of one row, student then teacher, kept for the gradient (no second exp).
+      std::vector<double> exps(compute_grad ? 2 * K : 0);
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* s = sl + b * K;
         const scalar_t* t = tl + b * K;
@@ -81,13 +85,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_explain_loss_cpu(const at::Ten
         double z_s = 0.0, z_t = 0.0, weighted_gap = 0.0;
         for (int64_t j = 0; j < K; ++j) {
           const double x = ((double)s[j] - max_s) / T, y = ((double)t[j] - max_t) / T;
-          const double e_t = std::exp(y);
-          z_s += std::exp(x);
+          const double e_s = std::exp(x), e_t = std::exp(y);
+          z_s += e_s;
           z_t += e_t;
           weighted_gap += e_t * (y - x);
+          if (compute_grad) {
+            exps[j] = e_s;
+            exps[K + j] = e_t;
+          }
         }
-        const double log_z_s = std::log(z_s), log_z_t = std::log(z_t);
-        kl[b] = weighted_gap / z_t - (log_z_t - log_z_s);
+        kl[b] = weighted_gap / z_t - (std::log(z_t) - std::log(z_s));
+        if (compute_grad) {
+          for (int64_t j = 0; j < K; ++j) {
+            gl[b * K + j] = (scalar_t)(logit_scale * (exps[j] / z_s - exps[K + j] / z_t));
+          }
+        }
 
         const scalar_t* ms = sm + b * N;
         const scalar_t* mt = tm + b * N;
@@ -98,17 +110,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_explain_loss_cpu(const at::Ten
           ss += u * u;
           tt += v * v;
         }
-        const double norm_s = std::sqrt(ss), norm_t = std::sqrt(tt);
+        const double norm_s = std::sqrt(ss);
         // Each norm is clamped at eps (as torch.nn.functional.cosine_similarity does): a zero map has cos = 0.
-        cosine[b] = dot / (std::max(norm_s, eps) * std::max(norm_t, eps));
-        scalar_t* row = st + b * kNumStats;
-        row[kMaxStudent] = (scalar_t)max_s;  // an input value: exact in the input dtype
-        row[kLogZStudent] = (scalar_t)log_z_s;
-        row[kMaxTeacher] = (scalar_t)max_t;
-        row[kLogZTeacher] = (scalar_t)log_z_t;
-        row[kNormStudent] = (scalar_t)norm_s;
-        row[kNormTeacher] = (scalar_t)norm_t;
-        row[kDot] = (scalar_t)dot;
+        const double ns = std::max(norm_s, eps), nt = std::max(std::sqrt(tt), eps);
+        const double cos = dot / (ns * nt);
+        cosine[b] = cos;
+        if (compute_grad) {
+          // dcos/du = v / (ns nt) - cos u / ns^2, the second term only where the student norm is not clamped.
+          const double along_teacher = 1.0 / (ns * nt);
+          const double along_student = norm_s > eps ? cos / (ns * ns) : 0.0;
+          for (int64_t i = 0; i < N; ++i) {
+            gm[b * N + i] = (scalar_t)(map_scale * ((double)mt[i] * along_teacher - (double)ms[i] * along_student));
+          }
+        }
       }
     });
   });
@@ -120,67 +134,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_explain_loss_cpu(const at::Ten
   }
   auto kd = at::scalar_tensor(T * T * kl_sum / (double)B, s_logits.options());
   auto explanation = at::scalar_tensor(lam * gap_sum / (double)B, s_logits.options());
-  return {kd, explanation, stats};
-}
-
-std::tuple<at::Tensor, at::Tensor> kd_explain_loss_backward_cpu(const at::Tensor& grad_kd, const at::Tensor& grad_explanation,
-                                                                const at::Tensor& s_logits_in, const at::Tensor& t_logits_in,
-                                                                const at::Tensor& s_maps_in, const at::Tensor& t_maps_in,
-                                                                const at::Tensor& stats_in, double T, double lam, double eps) {
-  check_inputs(s_logits_in, t_logits_in, s_maps_in, t_maps_in, T, eps);
-  const int64_t B = s_logits_in.size(0), K = s_logits_in.size(1), N = s_maps_in.size(1);
-  TORCH_CHECK(stats_in.dim() == 2 && stats_in.size(0) == B && stats_in.size(1) == kNumStats &&
-                  stats_in.scalar_type() == s_logits_in.scalar_type(),
-              "kdfast.kd_explain_loss_backward: stats must be the forward's (B, ", (int)kNumStats, ") output, got ", stats_in.sizes());
-  TORCH_CHECK(grad_kd.numel() == 1 && grad_explanation.numel() == 1,
-              "kdfast.kd_explain_loss_backward: grad_kd and grad_explanation must be scalars");
-  const auto s_logits = s_logits_in.contiguous(), t_logits = t_logits_in.contiguous();
-  const auto s_maps = s_maps_in.contiguous(), t_maps = t_maps_in.contiguous(), stats = stats_in.contiguous();
-  // d(T^2 mean KL)/ds_j = T (p_s,j - p_t,j) / B;  d(lam mean(1 - cos))/du = -lam/B * dcos/du.
-  const double logit_scale = grad_kd.item<double>() * T / (double)B;
-  const double map_scale = -grad_explanation.item<double>() * lam / (double)B;
-  auto grad_logits = at::empty_like(s_logits);
-  auto grad_maps = at::empty_like(s_maps);
-
-  AT_DISPATCH_FLOATING_TYPES(s_logits.scalar_type(), "kd_explain_loss_backward_cpu", [&] {
-    const scalar_t* sl = s_logits.const_data_ptr<scalar_t>();
-    const scalar_t* tl = t_logits.const_data_ptr<scalar_t>();
-    const scalar_t* sm = s_maps.const_data_ptr<scalar_t>();
-    const scalar_t* tm = t_maps.const_data_ptr<scalar_t>();
-    const scalar_t* st = stats.const_data_ptr<scalar_t>();
-    scalar_t* gl = grad_logits.data_ptr<scalar_t>();
-    scalar_t* gm = grad_maps.data_ptr<scalar_t>();
-    at::parallel_for(0, B, row_grain(K + N), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* row = st + b * kNumStats;
-        const double max_s = (double)row[kMaxStudent], log_z_s = (double)row[kLogZStudent];
-        const double max_t = (double)row[kMaxTeacher], log_z_t = (double)row[kLogZTeacher];
-        for (int64_t j = 0; j < K; ++j) {
-          const double p_s = std::exp(((double)sl[b * K + j] - max_s) / T - log_z_s);
-          const double p_t = std::exp(((double)tl[b * K + j] - max_t) / T - log_z_t);
-          gl[b * K + j] = (scalar_t)(logit_scale * (p_s - p_t));
-        }
-        const double norm_s = (double)row[kNormStudent];
-        const double ns = std::max(norm_s, eps), nt = std::max((double)row[kNormTeacher], eps);
-        const double cos = (double)row[kDot] / (ns * nt);
-        // dcos/du = v / (ns nt) - cos u / ns^2, the second term only where the student norm is not clamped.
-        const double along_teacher = 1.0 / (ns * nt);
-        const double along_student = norm_s > eps ? cos / (ns * ns) : 0.0;
-        for (int64_t i = 0; i < N; ++i) {
-          const double u = (double)sm[b * N + i], v = (double)tm[b * N + i];
-          gm[b * N + i] = (scalar_t)(map_scale * (v * along_teacher - u * along_student));
-        }
-      }
-    });
-  });
-  return {grad_logits, grad_maps};
+  return {kd, explanation, grad_logits, grad_maps};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kdfast, CPU, m) {
-  m.impl("kd_explain_loss", &kd_explain_loss_cpu);
-  m.impl("kd_explain_loss_backward", &kd_explain_loss_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(kdfast, CPU, m) { m.impl("kd_explain_loss", &kd_explain_loss_cpu); }
 
 }  // namespace kdfast
