@@ -3,12 +3,13 @@
 * train-step time (forward, backward, SGD step) of KD vs e2KD with GradCAM, ResNet-34 teacher -> ResNet-18
   student: e2KD with the closed-form CAM (no double backward) and with the reference's autograd GradCAM
   trained through by a double backward;
-* the fused KD + explanation loss (torch.ops.kdfast.kd_explain_loss, forward + backward) vs the same loss in
-  eager PyTorch;
+* the fused KD + explanation loss (torch.ops.kdfast.kd_explain_loss: one call computing the loss and its
+  gradients, a backward that only scales them) vs the same loss in eager PyTorch, forward + backward;
 * benchmarks/bench_bcos.py's rows (batched B-cos explanations, B-cos conv), when that module exists.
 
 GPU, the issue's sizes:  python -m benchmarks.bench_distill --device cuda
 CPU smoke run:           python -m benchmarks.bench_distill --device cpu --quick
+The fused loss alone:    python -m benchmarks.bench_distill --device cpu --loss-only
 Results: benchmarks/results/bench_distill_<device>.json and .md (not committed).
 """
 import argparse
@@ -84,9 +85,10 @@ def fused_loss_rows(device, batch_size, num_classes, map_size, warmup, repeat):
         rows.append({
             "benchmark": "kd_explain_loss forward+backward",
             "variant": name,
-            "shape": f"B={batch_size} K={num_classes} N={map_size}x{map_size}",
+            "shape": f"B={batch_size} K={num_classes} N={map_size}x{map_size} {s.dtype}".replace("torch.", ""),
             "ms": seconds * 1e3,
         })
+    rows[0]["speedup_vs_eager"] = rows[1]["ms"] / rows[0]["ms"]
     return rows
 
 
@@ -110,6 +112,7 @@ def main(argv=None):
     parser.add_argument("--amp", action="store_true", help="bf16 autocast in the train steps")
     parser.add_argument("--repeat", type=int, help="timed repetitions (default 20; quick 3)")
     parser.add_argument("--skip-bcos", action="store_true", help="leave out benchmarks/bench_bcos.py's rows")
+    parser.add_argument("--loss-only", action="store_true", help="only the fused loss rows (no train steps, no B-cos)")
     parser.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/bench_distill_<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -120,15 +123,20 @@ def main(argv=None):
     repeat = args.repeat or (3 if quick else 20)
     warmup = 1 if quick else 3
 
-    rows = train_step_rows(device, batch_size, image_size, num_classes, args.amp, warmup, repeat)
+    rows = [] if args.loss_only else train_step_rows(device, batch_size, image_size, num_classes, args.amp, warmup, repeat)
     if quick:
         rows += fused_loss_rows(device, 32, 100, 56, warmup, repeat)
+    elif device.type == "cpu":  # modest CPU sizes: a 14² and a 56² map, ImageNet's K
+        rows += fused_loss_rows(device, 64, 1000, 14, warmup, repeat)
+        rows += fused_loss_rows(device, 64, 100, 56, warmup, repeat)
+        rows += fused_loss_rows(device, 64, 1000, 56, warmup, repeat)
     else:
         rows += fused_loss_rows(device, 256, 1000, 224, warmup, repeat)
         rows += fused_loss_rows(device, 256, 1000, 7, warmup, repeat)
-    if not args.skip_bcos:
+    if not (args.skip_bcos or args.loss_only):
         rows += bcos_rows(device, quick)
-    out = args.out or RESULTS / f"bench_distill_{device.type}.json"
+    suffix = "_loss" if args.loss_only else ""
+    out = args.out or RESULTS / f"bench_distill_{device.type}{suffix}.json"
     print(write_results(rows, environment(device), out, "kdfast distillation benchmarks"))
 
 
