@@ -159,7 +159,8 @@ def test_backward_needs_compute_grad(gen):
 @needs_ext
 def test_the_arguments_are_validated_once(gen, monkeypatch):
     """check_loss_inputs (the argument-naming checks and dtype/shape normalisation) runs once per loss
-    evaluation, forward and backward together; the kernels only assert invariants."""
+    evaluation, forward and backward together, and the op is called once (the backward launches no kernel of
+    its own); the kernels only assert invariants."""
     calls = []
 
     def counted(*args):
@@ -171,8 +172,10 @@ def test_the_arguments_are_validated_once(gen, monkeypatch):
     s, t, u, v = random_inputs(gen, 3, 5, 8)
     s.requires_grad_(True)
     u.requires_grad_(True)
-    kd_explain_loss(s, t, u, v, 2.0, 1.0).backward()
-    assert len(calls) == 1 and s.grad is not None and u.grad is not None
+    with OpCalls() as op_calls:
+        kd_explain_loss(s, t, u, v, 2.0, 1.0).backward()
+    assert len(calls) == 1 and len(op_calls.outputs) == 1
+    assert s.grad is not None and u.grad is not None
 
 
 @needs_ext
