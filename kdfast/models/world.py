@@ -31,6 +31,8 @@ def default_world_config(output_dir, overrides=(), progress=False):
 def default_world_checkpoint(cache_root=None, overrides=(), progress=True):
     """Path of the world's default model's best.pt, trained on first use (about a minute of one CPU core) in a
     folder beside its final place and renamed when finished, so an interrupted training never looks done."""
+    import torch
+
     from kdfast.data.synthetic_world import cache_root as world_cache
     from kdfast.distill.trainer import CHECKPOINT_BEST, train
 
@@ -38,6 +40,7 @@ def default_world_checkpoint(cache_root=None, overrides=(), progress=True):
     recipe = default_world_config("unplaced", overrides).to_dict()
     recipe.pop("output_dir")
     recipe["log"] = None
+    recipe["torch_threads"] = 1  # part of the recipe: float sums split over threads round differently
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     final = root / f"world_model_{key}"
     if (final / CHECKPOINT_BEST).is_file():
@@ -46,7 +49,12 @@ def default_world_checkpoint(cache_root=None, overrides=(), progress=True):
     building = root / f".building-world_model_{key}-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         print(f"[kdfast] training the synthetic world's default model once (cached in {final})")
-        train(default_world_config(building, overrides, progress))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same model on every machine, whatever its core count
+        try:
+            train(default_world_config(building, overrides, progress))
+        finally:
+            torch.set_num_threads(previous)
         try:
             os.rename(building, final)
         except OSError:
