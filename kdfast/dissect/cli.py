@@ -230,10 +230,6 @@ def main(argv=None):
         packed = pack_broden(config)
         print(f"packed {len(packed)} Broden images into {packed.cache_dir}")
         return None
-    if config.device == "cpu":
-        from kdfast.host_memory import keep_freed_memory
-
-        keep_freed_memory()  # fewer page faults per batch (kdfast/host_memory.py)
     result = dissect(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\ndissected {result.images} images in {result.seconds:.1f} s; IoU >= {result.config.iou_threshold}; "
@@ -243,7 +239,11 @@ def main(argv=None):
 
 
 def run():
-    """Console entry: user errors print one line instead of a traceback."""
+    """Console entry: user errors print one line instead of a traceback. The process is the dissection's own, so
+    it may set malloc up for it: fewer page faults per batch on a CPU (kdfast/host_memory.py)."""
+    from kdfast.host_memory import keep_freed_memory
+
+    keep_freed_memory()
     try:
         main()
     except USER_ERRORS as exc:
