@@ -243,3 +243,27 @@ def test_pivot_table_over_a_grid_from_merged_shards(world, tmp_path):
     assert header == ["alpha \\ temperature", "1.0", "4.0"]
     assert rows == [["0.1", "11.0", "14.0"], ["0.9", "91.0", "—"]]
     assert "alpha \\textbackslash{} temperature" in (tmp_path / "merged" / "tables" / "grid.tex").read_text()
+
+
+def test_agreement_of_a_run_without_teacher_is_not_applicable():
+    """A plugin measure's agreement column on a teacher row reads n/a (not a gap with a 'Failures' note); a
+    student's missing agreement is still a gap."""
+    from types import SimpleNamespace
+
+    from kdfast.study.tables import build_table
+
+    runs = [SimpleNamespace(group="teacher", teacher=None, role="teacher", params={}),
+            SimpleNamespace(group="kd", teacher="teacher", role="student", params={}),
+            SimpleNamespace(group="kd2", teacher="teacher", role="student", params={})]
+    stat = {"n": 1, "mean": 0.5, "std": float("nan"), "expected": 1}
+    stats = {("kd", "waterbirds_groups", "", "", "", "", "agreement"): stat,
+             ("teacher", "waterbirds_groups", "", "", "", "", "accuracy"): stat}
+    spec = SimpleNamespace(rows="group", columns=[{"metric": "agreement", "measure": "waterbirds_groups"},
+                                                  {"metric": "accuracy", "measure": "waterbirds_groups"}])
+    header, rows, notes = build_table(spec, SimpleNamespace(measures={}), runs, stats)
+    assert rows[0] == ["teacher", "n/a", "50.0"] and rows[1][1] == "50.0"
+    assert rows[2][1] == "—" and notes  # a student without the value is a gap
+    stats[("kd2", "waterbirds_groups", "", "", "", "", "agreement")] = stat
+    stats[("kd", "waterbirds_groups", "", "", "", "", "accuracy")] = stat
+    stats[("kd2", "waterbirds_groups", "", "", "", "", "accuracy")] = stat
+    assert build_table(spec, SimpleNamespace(measures={}), runs, stats)[2] == []

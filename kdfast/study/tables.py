@@ -137,6 +137,8 @@ def build_table(spec, study, runs, stats):
 
 
 def _applies(runs, group, column):
+    if "agreement" in column["metric"] and all(r.teacher is None for r in runs if r.group == group):
+        return False  # agreement with a teacher, of a run that has none (e.g. a plugin's agreement on a teacher)
     measure = measure_of(column)
     if measure not in MEASURES:
         return True
