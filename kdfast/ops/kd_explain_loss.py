@@ -12,9 +12,9 @@ One op call, one validation: kd_explain_loss_terms (every caller's entry point) 
 arguments once (check_loss_inputs, errors naming the argument), then calls torch.ops.kdfast.kd_explain_loss,
 whose kernels (C++ on the CPU, Triton on CUDA) only assert the invariants their indexing relies on. When the
 student inputs require grad the op computes the gradients in its forward (compute_grad=True: d kd/d logits
-while a row's logits are in cache, d explanation/d maps right after the row's norms), and its backward only
-scales them by the incoming gradients — exact, because kd depends only on the logits and explanation only
-on the maps. Without grad (eval, torch.no_grad) no gradient is computed. Gradients flow to the student inputs
+while a row's logits are in cache, d explanation/d maps right after the row's norms), and its backward (a C++
+autograd kernel, csrc/kd_explain_loss/cpu/kd_explain_loss_autograd.cpp) only scales them by the incoming
+gradients — exact, because kd depends only on the logits and explanation only on the maps. Without grad (eval, torch.no_grad) no gradient is computed. Gradients flow to the student inputs
 only; the teacher's logits and maps are constants (their gradients are None even if they require grad).
 """
 import math
@@ -108,27 +108,6 @@ def _triton_kernel(student_logits, teacher_logits, student_maps, teacher_maps, T
     return kd_explain_loss_triton(student_logits, teacher_logits, student_maps, teacher_maps, T, lam, eps, compute_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.compute_grad = inputs[7]
-    ctx.mark_non_differentiable(output[2], output[3])
-    ctx.save_for_backward(output[2], output[3])
-
-
-def _backward(ctx, grad_kd, grad_explanation, _grad_grad_logits, _grad_grad_maps):
-    needs_logits, needs_maps = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-    if (needs_logits or needs_maps) and not ctx.compute_grad:
-        raise RuntimeError(
-            "kdfast.kd_explain_loss was called with compute_grad=False, so it computed no gradients to "
-            "backpropagate; call it with compute_grad=True (kdfast.ops.kd_explain_loss_terms does whenever the "
-            "student inputs require grad)"
-        )
-    grad_logits_per_kd, grad_maps_per_explanation = ctx.saved_tensors
-    # kd depends only on the student logits, explanation only on the student maps: a scale is the whole chain rule.
-    grad_logits = grad_kd * grad_logits_per_kd if needs_logits else None
-    grad_maps = grad_explanation * grad_maps_per_explanation if needs_maps else None
-    return grad_logits, None, grad_maps, None, None, None, None, None
-
-
 if _extension.available():
 
     @torch.library.register_fake("kdfast::kd_explain_loss")
@@ -139,5 +118,4 @@ if _extension.available():
             return scalar, scalar.clone(), student_logits.new_empty(student_logits.shape), student_maps.new_empty(student_maps.shape)
         return scalar, scalar.clone(), student_logits.new_empty(0), student_maps.new_empty(0)
 
-    torch.library.register_autograd("kdfast::kd_explain_loss", _backward, setup_context=_setup_context)
     torch.library.register_kernel("kdfast::kd_explain_loss", "cuda", _triton_kernel)
