@@ -157,6 +157,19 @@ def test_backward_needs_compute_grad(gen):
 
 
 @needs_ext
+def test_no_silent_second_derivative(gen):
+    """The backward scales gradients computed in the forward, so it has no derivative: with create_graph the
+    first derivatives are right, and differentiating them again raises instead of missing the Hessian."""
+    s, t, u, v = random_inputs(gen, 3, 5, 8)
+    a, b = s.clone().requires_grad_(True), u.clone().requires_grad_(True)
+    grads = torch.autograd.grad(kd_explain_loss(a, t, b, v, 2.0, 1.0), (a, b), create_graph=True)
+    _, _, want_gs, want_gu = direct(s, t, u, v, 2.0, 1.0)
+    torch.testing.assert_close(grads, (want_gs, want_gu), rtol=1e-9, atol=1e-14)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        sum(g.sum() for g in grads).backward()
+
+
+@needs_ext
 def test_the_arguments_are_validated_once(gen, monkeypatch):
     """check_loss_inputs (the argument-naming checks and dtype/shape normalisation) runs once per loss
     evaluation, forward and backward together, and the op is called once (the backward launches no kernel of
