@@ -10,7 +10,8 @@
 GPU, the issue's sizes:  python -m benchmarks.bench_distill --device cuda
 CPU smoke run:           python -m benchmarks.bench_distill --device cpu --quick
 The fused loss alone:    python -m benchmarks.bench_distill --device cpu --loss-only
-Results: benchmarks/results/bench_distill_<device>.json and .md (not committed).
+Results: benchmarks/results/bench_distill_<device>[_loss].json and .md (the CPU --loss-only run is committed as
+the record behind benchmarks/NOTES.md; the others are not).
 """
 import argparse
 import importlib.util
