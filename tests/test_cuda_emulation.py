@@ -45,6 +45,23 @@ def test_tally_blocks_layer4_like_with_active_pixels(gen):
         assert all(torch.equal(c, g) for c, g in zip(cpu, got))
 
 
+@pytest.mark.parametrize("shape", [(1, 12287, (4, 40)), (1, 12300, (4, 40)), (12290, 2, (50, 3))])
+def test_tally_huge_maps_keep_their_maxima_in_global_memory(gen, shape):
+    """h + w > 12288 floats do not fit 48 KB of shared memory: each block's maxima go to its slice of one global
+    scratch array (h + w = 12288 still in shared memory). Blocks run their phases in lockstep here, so two
+    blocks given the same slice would clash."""
+    h, w, S = shape
+    args = make_batch(gen, B=2, U=3, h=h, w=w, P=2, S=S, q=0.02)
+    acts, thr, seg, img, cat, C = args
+    want = ops.iou_tally_reference(acts.double(), thr.double(), seg, img, cat, C)
+    cpu = iou_tally(*args)
+    assert cpu.activations.sum() > 0, "the case must activate pixels"
+    assert all(torch.equal(w_, c) for w_, c in zip(want, cpu))
+    for seed, threads in enumerate((37, 256)):
+        got = _emulated_tally(args, True, threads, seed)
+        assert all(torch.equal(c, g) for c, g in zip(cpu, got)), threads
+
+
 def test_tally_nan_and_inf_maps_agree_with_the_reference(gen):
     """Direct op calls (the wrapper rejects non-finite maps) count NaN pixels as inactive on every backend."""
     acts, thr, seg, img, cat, C = make_batch(gen, B=2, U=3, q=0.3)
@@ -166,7 +183,7 @@ def test_topk_flat_read_reaches_the_head_and_the_tail(gen):
 
 
 def test_topk_flat_read_counts_nonfinite_values_in_the_head_and_tail(gen):
-    acts = _misaligned(gen, (83, 5, 5, 5), 1)
+    acts = _misaligned(gen, (83, 5, 5, 5), 2)  # a head of 2 values, 2593 vectors, a tail of 1
     acts.view(-1)[0], acts.view(-1)[-1], acts[40, 2, 2, 2] = float("nan"), float("-inf"), float("inf")
     with pytest.raises(ValueError, match="3 NaN or Inf"):
         _emulated_topk(acts, 10, 256, 64, 2, 0)

@@ -192,6 +192,13 @@ def test_cuda_vouched_labels_equal_cpu(gen):
 
 
 @requires_cuda
+def test_cuda_huge_maps_equal_cpu(gen):
+    """h + w > 12288: the CUDA kernel keeps the maxima in global memory (was refused)."""
+    args = make_batch(gen, B=2, U=3, h=1, w=12300, P=2, S=(4, 40), q=0.02)
+    assert_same_counts_on_cuda(iou_tally, args)
+
+
+@requires_cuda
 def test_cuda_layer4_scale_equals_cpu(gen):
     args = make_batch(gen, B=16, U=512, h=7, w=7, P=4, S=(112, 112), Q=2, L=1200, C=6, q=0.005)
     assert_same_counts_on_cuda(iou_tally, args)

@@ -1,5 +1,6 @@
 #pragma once
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -120,6 +121,17 @@ struct TallyProblem {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const { return {label_counts, inter, act}; }
 };
 
+// Images per launch of the CUDA grid (grid.y <= 65535); maps whose maxima go to global scratch memory take as
+// many images as keep that scratch (one slice of h + w floats per block) within `scratch_bytes`, at least one.
+inline int64_t tally_images_per_launch(const TallyProblem& t, int64_t scratch_bytes) {
+  constexpr int64_t kMaxGridY = 65535;
+  if (!tally_maxima_in_global(t.h, t.w)) return kMaxGridY;
+  const int64_t per_image = t.U * (t.h + t.w) * (int64_t)sizeof(float);
+  return std::max<int64_t>(1, std::min<int64_t>(kMaxGridY, scratch_bytes / per_image));
+}
+
+constexpr int64_t kTallyScratchBytes = int64_t(256) << 20;  // global maxima of huge maps, per launch
+
 // The output rows' (or columns') source indices: one table per call, shared by every map.
 inline std::vector<LerpIndex> lerp_table(int64_t out_size, int64_t in_size) {
   std::vector<LerpIndex> table(out_size);
@@ -127,22 +139,45 @@ inline std::vector<LerpIndex> lerp_table(int64_t out_size, int64_t in_size) {
   return table;
 }
 
-// Runs one (image, unit) block on the host with `threads` threads: every phase visits the threads in the
-// order `order(phase)` returns (a permutation of 0..threads-1), with the same barriers as the CUDA kernel.
-// The CPU kernel runs one thread; the emulation tests run many in shuffled order.
+// Runs (image, unit) blocks `ids` (image · U + unit) on the host with `threads` threads each, phase by phase:
+// a phase of every block before the next phase of any (as if all were resident at once, so blocks that shared
+// storage would clash), each phase's threads in the order `order()` returns (a permutation of 0..threads-1),
+// with the CUDA kernel's barriers. Maxima live in a.scratch when set, else in `dynamic` (grown to fit).
+// The CPU kernel runs one block with one thread; the emulation tests run all blocks, shuffled.
 template <typename Order>
-void run_tally_block_on_host(const TallyArgs& a, int b, int u, int threads, std::vector<float>& dynamic,
-                             Order&& order) {
-  TallyShared shared;
-  dynamic.resize(a.h + a.w);
-  TallyBlock block(a, shared, dynamic.data(), b, u);
-  for (int t : order(0)) block.maxima(t, threads);
-  bool live = true;
-  for (int t : order(1)) live = block.bound(t, threads) && live;  // uniform: every thread agrees
-  if (!live) return;
-  for (int t : order(2)) shared.count += block.pixels(t, threads);
-  for (int t : order(3)) block.image_labels(t, threads);
-  for (int t : order(4)) block.activations(t, threads);
+void run_tally_blocks_on_host(const TallyArgs& a, const std::vector<int64_t>& ids, int threads,
+                              std::vector<float>& dynamic, std::vector<TallyShared>& shared, Order&& order) {
+  const int64_t n = (int64_t)ids.size(), width = (int64_t)a.h + a.w;
+  if (a.scratch == nullptr) dynamic.resize(n * width);
+  shared.resize(n);
+  std::vector<TallyBlock> blocks;
+  blocks.reserve(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t id = ids[j];
+    blocks.emplace_back(a, shared[j], block_maxima(a, dynamic.data() + j * width, id), (int)(id / a.U), (int)(id % a.U));
+  }
+  std::vector<char> live(n, 1);
+  for (auto& block : blocks) {
+    for (int t : order()) block.maxima(t, threads);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    for (int t : order()) live[j] = blocks[j].bound(t, threads) && live[j];  // uniform: every thread agrees
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (live[j]) {
+      for (int t : order()) shared[j].count += blocks[j].pixels(t, threads);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (live[j]) {
+      for (int t : order()) blocks[j].image_labels(t, threads);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (live[j]) {
+      for (int t : order()) blocks[j].activations(t, threads);
+    }
+  }
 }
 
 }  // namespace kdfast

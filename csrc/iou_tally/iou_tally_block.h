@@ -60,9 +60,11 @@ struct TallyArgs {
   int U, h, w, P, SH, SW, Q, L, C;
   unsigned long long* inter;       // (U, L) += intersections
   unsigned long long* act;         // (U, C) += activations
+  float* scratch;                  // (launch's blocks, h + w) maxima of maps too large for shared memory, or null
 };
 
-// A block's shared memory: `row_max` (h floats) and `col_max` (w floats) live in dynamic shared memory.
+// A block's shared memory: `row_max` (h floats) and `col_max` (w floats) live in dynamic shared memory
+// (or, for maps too large for it, in the block's slice of TallyArgs::scratch).
 struct TallyShared {
   int touched[kTallyMaxCategories];
   unsigned long long count;
@@ -71,6 +73,16 @@ struct TallyShared {
 
 // Bytes of dynamic shared memory a block needs for an h x w map.
 inline int64_t tally_dynamic_bytes(int64_t h, int64_t w) { return (h + w) * (int64_t)sizeof(float); }
+
+constexpr int64_t kTallyMaxDynamicBytes = 48 * 1024;  // the default per-block limit, no opt-in needed
+
+// Maps with h + w > 12288 keep their maxima in global memory (one slice per block of the launch) instead.
+inline bool tally_maxima_in_global(int64_t h, int64_t w) { return tally_dynamic_bytes(h, w) > kTallyMaxDynamicBytes; }
+
+// Where block `block` (= image within the launch · U + unit) keeps its row and column maxima.
+KDFAST_HD float* block_maxima(const TallyArgs& a, float* shared, int64_t block) {
+  return a.scratch == nullptr ? shared : a.scratch + block * (int64_t)(a.h + a.w);
+}
 
 struct TallyBlock {
   const TallyArgs& a;

@@ -4,6 +4,7 @@
 // quickly on their own.
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 
 #include "macros.h"
 
@@ -131,12 +132,14 @@ KDFAST_HD void cursor_advance(UnitCursor& c, const UnitCursor& step, const FlatV
   if (c.unit >= v.units) c.unit -= v.units;
 }
 
-// Four values from a 16-B aligned address: one 128-bit load on the GPU.
+// Four values from a 16-B aligned address: one 128-bit load on the GPU (a misaligned one faults there, so the
+// host emulation refuses it too).
 KDFAST_HD void load_vector(const float* __restrict__ p, float out[4]) {
 #if defined(__CUDA_ARCH__)
   const float4 q = *reinterpret_cast<const float4*>(p);
   out[0] = q.x, out[1] = q.y, out[2] = q.z, out[3] = q.w;
 #else
+  if ((uintptr_t)p % 16 != 0) throw std::logic_error("kdfast: a 16-B vector load from a misaligned address");
   std::memcpy(out, p, 4 * sizeof(float));
 #endif
 }

@@ -30,10 +30,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
   const std::array<int, 1> one_thread{0};
   at::parallel_for(0, t.U, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> dynamic;
-    for (int64_t u = begin; u < end; ++u) {
-      for (int64_t b = 0; b < t.B; ++b) {
-        run_tally_block_on_host(a, (int)b, (int)u, 1, dynamic, [&](int) -> const std::array<int, 1>& { return one_thread; });
-      }
+    std::vector<TallyShared> shared;
+    std::vector<int64_t> ids(t.B);
+    for (int64_t u = begin; u < end; ++u) {  // a unit's maps in all images, each with one thread
+      for (int64_t b = 0; b < t.B; ++b) ids[b] = b * t.U + u;
+      run_tally_blocks_on_host(a, ids, 1, dynamic, shared, [&]() -> const std::array<int, 1>& { return one_thread; });
     }
   });
   return t.result();
@@ -42,8 +43,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> iou_tally_cpu(const at::Tensor& a
 }  // namespace
 
 // Host emulation of the CUDA op (tests only): its input handling (labels_validated skips the label range
-// checks, as on the GPU), then every (image, unit) block, in shuffled order, runs its phases with `threads`
-// threads visited in a fresh shuffled order per phase (seeded, deterministic).
+// checks, as on the GPU) and launches, then every (image, unit) block of a launch, in shuffled order, runs
+// its phases in lockstep with the others, with `threads` threads visited in a fresh shuffled order per phase
+// (seeded, deterministic).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_iou_tally_cuda(const at::Tensor& acts, const at::Tensor& thresholds,
                                                                       const at::Tensor& seg, const at::Tensor& image_labels,
                                                                       const at::Tensor& label_category, int64_t num_categories,
@@ -54,15 +56,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_iou_tally_cuda(const at::
                  category_gated, /*check_label_ranges=*/!labels_validated);  // as the CUDA op
   if (t.empty()) return t.result();
   const std::vector<LerpIndex> rows = lerp_table(t.SH, t.h), cols = lerp_table(t.SW, t.w);
-  const TallyArgs a = t.args(0, rows.data(), cols.data());
+  // The CUDA op's launches: images in chunks, maxima of huge maps in one scratch array they reuse.
+  const bool global = tally_maxima_in_global(t.h, t.w);
+  const int64_t images_per_launch = tally_images_per_launch(t, kTallyScratchBytes);
+  std::vector<float> scratch(global ? std::min(images_per_launch, t.B) * t.U * (t.h + t.w) : 0);
   std::mt19937_64 rng((uint64_t)seed);
-  std::vector<int64_t> blocks(t.B * t.U);
-  std::iota(blocks.begin(), blocks.end(), 0);
-  std::shuffle(blocks.begin(), blocks.end(), rng);
   std::vector<int> order(threads);
   std::vector<float> dynamic;
-  for (int64_t block : blocks) {
-    run_tally_block_on_host(a, (int)(block / t.U), (int)(block % t.U), (int)threads, dynamic, [&](int) -> const std::vector<int>& {
+  std::vector<TallyShared> shared;
+  for (int64_t b0 = 0; b0 < t.B; b0 += images_per_launch) {
+    TallyArgs a = t.args(b0, rows.data(), cols.data());
+    if (global) a.scratch = scratch.data();
+    std::vector<int64_t> blocks(std::min(images_per_launch, t.B - b0) * t.U);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    run_tally_blocks_on_host(a, blocks, (int)threads, dynamic, shared, [&]() -> const std::vector<int>& {
       std::iota(order.begin(), order.end(), 0);
       std::shuffle(order.begin(), order.end(), rng);
       return order;

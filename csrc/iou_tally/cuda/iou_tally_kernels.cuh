@@ -8,7 +8,6 @@
 namespace kdfast {
 
 constexpr int kTallyThreads = 256;
-constexpr int64_t kTallyMaxDynamicBytes = 48 * 1024;  // the default per-block limit, no opt-in needed
 
 __global__ void lerp_table_kernel(LerpIndex* rows, int SH, int h, LerpIndex* cols, int SW, int w) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -17,10 +16,14 @@ __global__ void lerp_table_kernel(LerpIndex* rows, int SH, int h, LerpIndex* col
 }
 
 // One block per (unit = blockIdx.x, image = blockIdx.y) map: the phases of TallyBlock with barriers between.
+// The maxima live in dynamic shared memory, or (kGlobalMaxima, maps with h + w > 12288) in the block's slice
+// of a.scratch: two instantiations, so that the usual one addresses shared memory directly.
+template <bool kGlobalMaxima>
 __global__ void __launch_bounds__(kTallyThreads) iou_tally_kernel(const __grid_constant__ TallyArgs a) {
   extern __shared__ float dynamic[];  // row maxima (h), column maxima (w)
   __shared__ TallyShared shared;
-  TallyBlock block(a, shared, dynamic, (int)blockIdx.y, (int)blockIdx.x);
+  float* maxima = kGlobalMaxima ? block_maxima(a, dynamic, (int64_t)blockIdx.y * gridDim.x + blockIdx.x) : dynamic;
+  TallyBlock block(a, shared, maxima, (int)blockIdx.y, (int)blockIdx.x);
   const int t = threadIdx.x, n = blockDim.x;
   block.maxima(t, n);
   __syncthreads();
@@ -34,5 +37,9 @@ __global__ void __launch_bounds__(kTallyThreads) iou_tally_kernel(const __grid_c
   __syncthreads();
   block.activations(t, n);
 }
+
+// Instantiated here, so that scripts/check_cuda_build.py sees both.
+template __global__ void iou_tally_kernel<false>(const __grid_constant__ TallyArgs);
+template __global__ void iou_tally_kernel<true>(const __grid_constant__ TallyArgs);
 
 }  // namespace kdfast
