@@ -149,3 +149,19 @@ def test_cuda_equals_cpu(gen):
     big = torch.randn(64, 512, 7, 7, generator=gen)
     assert torch.equal(topk_threshold(big.cuda(), 0.005).cpu(), topk_threshold(big, 0.005))
     torch.library.opcheck(torch.ops.kdfast.unit_topk.default, (big[:4].cuda(), 5))
+
+
+@requires_cuda
+def test_cuda_flat_vector_read_equals_cpu(gen):
+    """>= 8·8192 values per unit, so the GPU takes the sampled pivot and its one read in 16-B vectors over the
+    contiguous array: base pointers 0, 4, 8 and 12 B past 16-B alignment, and (M, U) row-major."""
+    shapes = [(1400, 8, 7, 7), (1400, 8, 7, 7), (1400, 8, 7, 7), (1400, 8, 7, 7), (70001, 5)]
+    for offset, shape in enumerate(shapes):
+        numel = torch.Size(shape).numel()
+        device = torch.randn(numel + 3, generator=gen).cuda()[offset % 4:][:numel].view(shape)  # offset on the GPU
+        acts = device.cpu()
+        m = _values(acts)
+        for k in (1, quantile_rank(0.005, m)):
+            assert torch.equal(torch.ops.kdfast.topk_threshold(device, k).cpu(),
+                               torch.ops.kdfast.topk_threshold(acts, k)), (shape, offset, k)
+            assert torch.equal(ops.unit_topk(device, k).cpu(), ops.unit_topk(acts, k)), (shape, offset, k)
