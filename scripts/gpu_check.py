@@ -34,7 +34,7 @@ GOALS = [
      ">= 0.5", "0.55-0.75 (one read + candidates; NOTES.md)"),
     ("tally_layer4", "iou_tally layer4 256x512x7x7 -> 112x112: speedup over eager", ">= 20", "40-120"),
     ("tally_layer3", "iou_tally layer3 64x256x14x14 -> 112x112: speedup over eager", ">= 20", "20-50"),
-    ("kd_loss", "kd_explain_loss fwd+bwd B=256 K=1000 N=224x224 fp32: eager / fused", ">= 3", "2-3 (split forward; item 4's one Function not done)"),
+    ("kd_loss", "kd_explain_loss fwd+bwd B=256 K=1000 N=224x224 fp32: eager / fused", ">= 3", "2.1-2.9 (v3: one call, grads in the forward; NOTES.md)"),
     ("bcos_conv", "bcos_conv2d forward, ResNet-18 layers, worst fused / plain conv (fp32, bf16)", "<= 1.3",
      "1.3-2.5 (v2 epilogue; bf16 worst)"),
     ("e2kd_step", "e2KD closed-form CAM train step / KD step, ResNet-34 -> ResNet-18, B=64 224px", "<= 1.05",
