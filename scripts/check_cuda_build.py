@@ -1,5 +1,6 @@
-"""Compile checks of the CUDA kernels for sm_90 (H100/H200), no GPU needed: registers, stack, spills, and no
-subroutine call (64-bit integer divide, double divide, ...) inside a loop of a kernel's SASS.
+"""Compile checks of the CUDA kernels for sm_90 (H100/H200), no GPU needed: registers, stack, spills, no
+subroutine call (64-bit integer divide, double divide, ...) inside a loop of a kernel's SASS, and 16-B vector
+loads where a kernel's design needs them.
 
     python scripts/check_cuda_build.py [--json out.json]
 
@@ -21,6 +22,10 @@ MAX_REGISTERS = 64  # 256-thread blocks: >= 4 resident blocks (1024 threads) per
 # Kernels whose loops may call a subroutine, and why that costs nothing that matters.
 CALLS_ALLOWED = {
     "sample_kernel": "64-bit divides place 8192 samples per unit: ~0.3% of the values one top-k read visits",
+}
+# Kernels that must read global memory in 16-B vectors (LDG.E.128), and why.
+VECTOR_LOADS_REQUIRED = {
+    "candidates_flat_kernel": "the top-k's one full read of a contiguous tensor streams 16-B vectors",
 }
 NVCC_FLAGS = ["-std=c++17", "-arch=sm_90", "-O3", "-fmad=false", "--expt-relaxed-constexpr"]  # as setup.py builds
 
@@ -73,6 +78,7 @@ def sass_report(sass):
         out[name] = {
             "calls_in_loops": sum(any(lo <= a <= hi for lo, hi in loops) for a in calls),
             "local_memory_ops": sum(bool(re.search(r"\b(LDL|STL)\b", op)) for _, op in instructions),
+            "vector_loads": sum(bool(re.search(r"\bLDG\.E\.128\b", op)) for _, op in instructions),
             "instructions": len(instructions),
         }
     return out
@@ -101,6 +107,8 @@ def problems(name, info):
         found.append(f"{info['local_memory_ops']} local-memory instructions")
     if info.get("calls_in_loops", 0) and not any(allowed in name for allowed in CALLS_ALLOWED):
         found.append(f"{info['calls_in_loops']} subroutine call(s) inside loops")
+    if any(required in name for required in VECTOR_LOADS_REQUIRED) and not info.get("vector_loads", 0):
+        found.append("no 16-B vector load (LDG.E.128)")
     if info.get("registers", 0) > MAX_REGISTERS:
         found.append(f"{info['registers']} registers > {MAX_REGISTERS}")
     return found
@@ -129,6 +137,8 @@ def main(argv=None):
               f"{info.get('calls_in_loops', 0):14d}  {'; '.join(info['problems']) or 'ok'}")
     for allowed, why in CALLS_ALLOWED.items():
         print(f"calls allowed in {allowed}: {why}")
+    for required, why in VECTOR_LOADS_REQUIRED.items():
+        print(f"16-B vector loads required in {required}: {why}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 1 if failed else 0

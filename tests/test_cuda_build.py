@@ -38,6 +38,23 @@ def test_sass_loops_catch_calls_and_local_memory():
     assert report["kernel_b"]["calls_in_loops"] == 0 and report["kernel_b"]["local_memory_ops"] == 0
 
 
+def test_vector_loads_are_counted_and_required_where_the_design_needs_them():
+    module = _check_module()
+    sass = """
+        Function : _ZN6kdfast22candidates_flat_kernelEv
+        /*0000*/                   LDG.E.128.CONSTANT R8, desc[UR8][R24.64] ;
+        /*0010*/                   LDG.E R2, desc[UR4][R2.64] ;
+        /*0020*/                   EXIT ;
+    """
+    info = module.sass_report(sass)["_ZN6kdfast22candidates_flat_kernelEv"]
+    assert info["vector_loads"] == 1
+    assert module.problems("_ZN6kdfast22candidates_flat_kernelEv", info) == []
+    assert module.problems("_ZN6kdfast22candidates_flat_kernelEv", dict(info, vector_loads=0)) == [
+        "no 16-B vector load (LDG.E.128)"
+    ]
+    assert module.problems("_ZN6kdfast17candidates_kernelEv", dict(info, vector_loads=0)) == []
+
+
 def test_kernels_compile_for_sm90_without_spills_or_calls_in_loops(tmp_path):
     module = _check_module()
     if not module.find_tool("nvcc") or not module.find_tool("cuobjdump"):
@@ -49,6 +66,6 @@ def test_kernels_compile_for_sm90_without_spills_or_calls_in_loops(tmp_path):
 
     report = json.loads((tmp_path / "report.json").read_text())
     names = " ".join(report)
-    for kernel in ("iou_tally_kernel", "candidates_kernel", "radix_histogram_kernel"):
+    for kernel in ("iou_tally_kernel", "candidates_kernel", "candidates_flat_kernel", "radix_histogram_kernel"):
         assert kernel in names
     assert all(info["registers"] > 0 for info in report.values())
