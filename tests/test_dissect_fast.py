@@ -163,3 +163,28 @@ def test_keep_freed_memory_reuses_pages():
 
     default, kept = faults("default"), faults("keep")
     assert default > 10 * 15000 and kept < 3 * 16384, (default, kept)
+
+
+def test_untraceable_model_with_fold_fails_before_packing(broden, tmp_path):
+    source = tmp_path / "untraceable.py"
+    source.write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Untraceable(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+
+            def forward(self, x):
+                if x.sum() > 0:  # data-dependent control flow
+                    x = -x
+                return self.features(x)
+
+        def build():
+            return Untraceable()
+    """))
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="torch.fx cannot trace.*instead of --fast"):
+        cli.main(["--model", f"{source}:build", "--layers", "features", "--broden", str(broden), "--broden-cache",
+                  str(cache), "--out", str(tmp_path / "out"), "--quiet", "--fast"])
+    assert not cache.exists()  # refused before the Broden was packed

@@ -11,7 +11,6 @@ The batch loops never wait on the host: batches arrive through a DeviceFeeder (p
 GPU), non-finite activations are recorded in per-image device flags that are read only when a checkpoint is
 written and at the end of a pass, and per-image maxima and top images stay on the device.
 """
-import copy
 import dataclasses
 import functools
 import time
@@ -117,14 +116,10 @@ def check_layers(model, config, device):
 class Dissector:
     """The model, its hooks and the data of one rank; runs the passes over this rank's shard."""
 
-    def __init__(self, config, dist, dataset, packed, model=None):
+    def __init__(self, config, dist, dataset, packed, model):
         self.config, self.dist, self.dataset, self.packed = config, dist, dataset, packed
         self.device = dist.device
-        self.model = (model if model is not None else load_model(config)).to(self.device).eval()
-        if config.fold_batchnorm:
-            # A caller's model is folded in a copy: folding rewrites its modules.
-            self.model = copy.deepcopy(self.model) if model is not None else self.model
-            fold_batchnorm(self.model, keep=config.layers)
+        self.model = model.to(self.device).eval()  # folded already with --fold-batchnorm (dissect())
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.autocast = None if config.autocast is None else getattr(torch, config.autocast)
@@ -386,6 +381,8 @@ def dissect(config):
     dist = Distributed(device)
     try:
         model = load_model(config)
+        if config.fold_batchnorm:  # before any data is packed: a model torch.fx cannot trace fails here
+            fold_batchnorm(model, keep=config.layers)
         check_layers(model, config, device)  # arguments, model and layers fail before any data is packed
         dataset, packed = open_broden(config, dist)
         dissector = Dissector(config, dist, dataset, packed, model)
