@@ -106,14 +106,10 @@ def main(argv=None):
     if threads is not None and threads < 1:
         print(f"--threads: expected at least 1, got {threads}", file=sys.stderr)
         return 2
-    import torch
+    from kdfast.threads import torch_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
+    with torch_threads(threads):
         return _run(args)
-    finally:  # main() may be called in-process (tests): leave the caller's thread count as it was
-        torch.set_num_threads(previous)
 
 
 def _run(args):

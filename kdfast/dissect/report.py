@@ -170,7 +170,7 @@ class Tiles:
 def unit_strip(path, tiles, masks, caption, gap=4, band=18):
     """One JPEG: a caption band, then the unit's top images (uint8 (th, tw, 3) each) side by side, each with
     its mask (bool (th, tw)) overlaid."""
-    th, tw = masks.shape[1:] if len(masks) else (0, 0)
+    th, tw = masks.shape[1:]
     width = max(1, len(tiles) * (tw + gap) - gap)
     strip = np.full((band + th, width, 3), 255, dtype=np.uint8)
     for k, tile in enumerate(overlay(np.stack(tiles), masks) if len(tiles) else ()):

@@ -31,10 +31,9 @@ def default_world_config(output_dir, overrides=(), progress=False):
 def default_world_checkpoint(cache_root=None, overrides=(), progress=True):
     """Path of the world's default model's best.pt, trained on first use (about a minute of one CPU core) in a
     folder beside its final place and renamed when finished, so an interrupted training never looks done."""
-    import torch
-
     from kdfast.data.synthetic_world import cache_root as world_cache
     from kdfast.distill.trainer import CHECKPOINT_BEST, train
+    from kdfast.threads import torch_threads
 
     root = world_cache(cache_root)
     recipe = default_world_config("unplaced", overrides).to_dict()
@@ -49,12 +48,8 @@ def default_world_checkpoint(cache_root=None, overrides=(), progress=True):
     building = root / f".building-world_model_{key}-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         print(f"[kdfast] training the synthetic world's default model once (cached in {final})")
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)  # the same model on every machine, whatever its core count
-        try:
+        with torch_threads(1):  # the same model on every machine, whatever its core count
             train(default_world_config(building, overrides, progress))
-        finally:
-            torch.set_num_threads(previous)
         try:
             os.rename(building, final)
         except OSError:
